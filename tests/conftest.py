@@ -1,0 +1,86 @@
+"""Shared test helpers: tiny datasets written on the spot (never a download) and ways to run a
+script in-process (fast) or as a real subprocess (exit codes, stderr, signals)."""
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def write_idx_dataset(folder, n_train=128, n_test=64, size=28, seed=0, compress=False):
+    """A tiny dataset in MNIST's raw idx format (what torchvision's MNIST reader parses): grey
+    images with a bright bar whose position is the class. Returns (train_images, train_labels)."""
+    rng = np.random.default_rng(seed)
+    raw = Path(folder) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    result = None
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 30, size=(n, size, size), dtype=np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k:4 + 2 * k, 4:size - 4] = 250
+        files = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, size, size) + images.tobytes(),
+                 f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.tobytes()}
+        for name, payload in files.items():
+            if compress:
+                (raw / (name + ".gz")).write_bytes(gzip.compress(payload))
+            else:
+                (raw / name).write_bytes(payload)
+        if prefix == "train":
+            result = (images, labels)
+    return result
+
+
+def write_image_folder(root, classes=("cats", "dogs"), per_class=8, size=40, mode="RGB", seed=0):
+    """Class sub-folders of small PNGs (an image-folder dataset)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            channels = 3 if mode == "RGB" else 1
+            pixels = rng.integers(0, 255, size=(size, size, channels), dtype=np.uint8)
+            pixels[:, : size // 2] = 60 * k
+            Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(folder / f"{i}.png")
+    return Path(root)
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    """A data root holding a tiny MNIST in torchvision's layout (uncompressed raw files)."""
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST")
+    return root
+
+
+def run_inprocess(main, argv, capsys=None):
+    """Run a script's main(argv) through common.run_main; returns the exit code (0 if none)."""
+    try:
+        common.run_main(main, [str(a) for a in argv])
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 1
+    return 0
+
+
+def run_subprocess(script, *args, cwd=None, timeout=240):
+    """Run `python script args...` as a user would; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)

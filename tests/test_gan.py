@@ -1,0 +1,252 @@
+"""gan.py: one-batch runs on fake and MNIST-format data, resume exactness, --generate, run
+folders, bad input, the label tricks, and NaN handling."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import gan
+from conftest import ROOT, load, run_inprocess, run_subprocess, write_idx_dataset
+
+FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
+
+
+def state_tensors(checkpoint):
+    return {f"{net}.{k}": v for net in ("generator", "discriminator") for k, v in checkpoint[net].items()}
+
+
+def test_one_batch_on_fake_data_trains_both_networks(tmp_path):
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, FAST + ["--max-steps", "1", "--out", out]) == 0
+    checkpoint = load(out / "checkpoint.pt")
+    assert checkpoint["step"] == 1 and checkpoint["script"] == "gan"
+    # The one step moved both networks away from the seeded initial weights.
+    common.seed_everything(0)
+    fresh_g, fresh_d = gan.Generator(100, (1, 28, 28)), gan.Discriminator((1, 28, 28))
+    assert not torch.equal(fresh_g.state_dict()["net.0.weight"], checkpoint["generator"]["net.0.weight"])
+    assert not torch.equal(fresh_d.state_dict()["net.0.weight"], checkpoint["discriminator"]["net.0.weight"])
+    rows = (out / "losses.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss_d,loss_g,d_real,d_fake" and len(rows) == 2
+    assert all(np.isfinite(float(v)) for v in rows[1].split(",")[2:])
+    assert (out / "step_0000001.png").is_file()
+
+
+def test_one_batch_on_mnist_format_files(tmp_path, mnist_root):
+    """torchvision's real MNIST reader parses the files; batches are cut from them in [-1, 1]."""
+    args = gan.parse_args(["--data-root", str(mnist_root)])[0]
+    data = common.load_data(args, torch.device("cpu"))
+    images, labels = write_idx_dataset(tmp_path / "again" / "MNIST")  # same seed: same content
+    assert data.shape == (1, 28, 28) and len(data) == 128 and data.n_classes == 10
+    assert torch.equal(data.images[:, 0], torch.from_numpy(images))
+    assert torch.equal(data.labels, torch.from_numpy(labels).long())
+    batch, batch_labels = next(data.batches(64, epoch=0, seed=0))
+    assert batch.shape == (64, 1, 28, 28) and batch.dtype == torch.float32
+    assert batch.min() >= -1 and batch.max() <= 1 and batch.max() > 0.9
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, ["--data-root", mnist_root, "--max-steps", "1", "--out", out]) == 0
+    assert load(out / "checkpoint.pt")["image_shape"] == (1, 28, 28)
+
+
+def test_compressed_raw_files_as_shipped_are_read(tmp_path):
+    """The layout users get from a download (or copy from elsewhere): raw/*.gz only."""
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST", compress=True)
+    # torchvision extracts the .gz only when its checksum matches the official one; ours cannot,
+    # so it tries to download and fails: the message must say where the files go.
+    args = gan.parse_args(["--data-root", str(root)])[0]
+    import torchvision
+    mirrors = torchvision.datasets.MNIST.mirrors
+    torchvision.datasets.MNIST.mirrors = ["http://127.0.0.1:9/"]   # never touch the network
+    try:
+        with pytest.raises(common.UserError, match=r"MNIST/raw"):
+            common.load_data(args, torch.device("cpu"))
+    finally:
+        torchvision.datasets.MNIST.mirrors = mirrors
+
+
+def test_epochs_batches_and_short_last_batch(tmp_path):
+    """fake has 512 images: batch 100 gives 5 full batches per epoch, the short one is dropped."""
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, ["--dataset", "fake", "--batch-size", "100", "--epochs", "2", "--out", out]) == 0
+    assert load(out / "checkpoint.pt")["step"] == 10
+    assert (out / "epoch_001.png").is_file() and (out / "epoch_002.png").is_file()
+    from PIL import Image
+    gif = Image.open(out / "progress.gif")
+    assert gif.n_frames == 2
+    grid = Image.open(out / "epoch_002.png")
+    assert grid.size == (8 * 30 + 2, 8 * 30 + 2)   # 64 samples, 8 per row, 28 px + 2 px padding
+
+
+def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
+    flags = ["--dataset", "fake", "--epochs", "2", "--label-smoothing", "0.2", "--label-exchange", "0.3"]
+    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "whole"]) == 0
+    # Stop mid-epoch (step 5 of 8 in epoch 1), then resume twice to cross an epoch boundary.
+    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "5"]) == 0
+    assert load(tmp_path / "parts" / "checkpoint.pt")["step"] == 5
+    assert run_inprocess(gan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt", "--max-steps", "11"]) == 0
+    assert run_inprocess(gan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt"]) == 0
+    whole, parts = load(tmp_path / "whole" / "checkpoint.pt"), load(tmp_path / "parts" / "checkpoint.pt")
+    assert whole["step"] == parts["step"] == 16
+    for name, tensor in state_tensors(whole).items():
+        assert torch.equal(tensor, state_tensors(parts)[name]), name
+    assert torch.equal(whole["opt_g"]["state"][0]["exp_avg"], parts["opt_g"]["state"][0]["exp_avg"])
+    # losses.csv continues instead of starting again
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "parts" / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and steps[-1] == 16
+
+
+def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, FAST + ["--max-steps", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", out / "checkpoint.pt", "--lr", "0.1"]) == 2
+    assert "--lr cannot change" in capsys.readouterr().err
+
+
+def test_generate_writes_npz_from_the_generator_in_eval_mode(tmp_path):
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, FAST + ["--max-steps", "3", "--out", out]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert run_inprocess(gan.main, ["--generate", "25", "--resume", out / "checkpoint.pt", "--seed", "7"]) == 0
+    with np.load(out / "generated.npz") as npz:
+        images = npz["images"]
+    assert images.shape == (25, 1, 28, 28) and images.dtype == np.uint8
+    assert (out / "generated.png").is_file()
+    assert sorted(p.name for p in out.iterdir()) == sorted(before + ["generated.npz", "generated.png"])
+    # Rebuild the samples by hand: eval-mode BatchNorm (running statistics), seed 7's noise.
+    checkpoint = load(out / "checkpoint.pt")
+    common.seed_everything(7)
+    generator = gan.Generator(100, (1, 28, 28))   # (building it draws from the RNG, as in gan.py)
+    generator.load_state_dict(checkpoint["generator"])
+    generator.eval()
+    z = torch.randn(25, 100)
+    with torch.no_grad():
+        expected = common.to_uint8(generator(z)).numpy()
+    assert np.array_equal(images, expected)
+    generator.train()   # in train mode the batch statistics would give other images
+    with torch.no_grad():
+        assert not np.array_equal(images, common.to_uint8(generator(z)).numpy())
+
+
+def test_a_new_run_never_overwrites_an_earlier_one_and_resume_finds_the_newest(tmp_path, capsys):
+    out = tmp_path / "runs" / "gan"
+    assert run_inprocess(gan.main, FAST + ["--max-steps", "1", "--out", out]) == 0
+    first = (out / "checkpoint.pt").read_bytes()
+    assert run_inprocess(gan.main, FAST + ["--max-steps", "2", "--out", out]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].endswith(str(tmp_path / "runs" / "gan-2"))
+    assert any(line == f"run folder: {tmp_path / 'runs' / 'gan-2'}" for line in printed)
+    assert (out / "checkpoint.pt").read_bytes() == first
+    assert load(tmp_path / "runs" / "gan-2" / "checkpoint.pt")["step"] == 2
+    # --resume without a path continues gan-2, the newest run
+    assert run_inprocess(gan.main, ["--resume", "--out", out, "--max-steps", "4"]) == 0
+    assert load(tmp_path / "runs" / "gan-2" / "checkpoint.pt")["step"] == 4
+    assert (out / "checkpoint.pt").read_bytes() == first
+
+
+BAD_INPUTS = [
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "-3"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-4"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--label-smoothing", "1"], "--label-smoothing"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing"),
+    (["--label-exchange", "1.5"], "--label-exchange"),
+    (["--dataset", "imagenet"], "--dataset"),
+    (["--img-size", "0"], "--img-size"),
+    (["--device", "tpu"], "device"),
+    (["--device", "cuda:7"], "cuda"),
+    (["--batch-size", "100000"], "fewer than --batch-size"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, argv, expected):
+    out = tmp_path / "run"
+    code = run_inprocess(gan.main, ["--dataset", "fake", "--out", out, *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("gan.py: error:") or "error:" in err.strip().splitlines()[-1]
+    assert not out.exists()   # a refused run leaves nothing behind
+
+
+def test_bad_files_give_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    torch.save({"script": "dcgan", "args": {}}, tmp_path / "other.pt")
+    cases = [
+        (["--dataset", "folder", "--data-root", tmp_path / "missing"], "is not a folder"),
+        (["--dataset", "folder", "--data-root", tmp_path / "empty"], "holds no images"),
+        (["--resume", tmp_path / "missing.pt"], "does not exist"),
+        (["--resume", tmp_path / "corrupt.pt"], "cannot be read"),
+        (["--resume", tmp_path / "other.pt"], "written by dcgan"),
+        (["--generate", "10", "--out", tmp_path / "runs" / "gan"], "no gan run"),
+    ]
+    for argv, expected in cases:
+        code = run_inprocess(gan.main, argv)
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "corrupt.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path):
+    result = run_subprocess("gan.py", "--resume", tmp_path / "nothing.pt")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"gan.py: error: checkpoint {tmp_path / 'nothing.pt'} does not exist"
+
+
+def test_label_smoothing_draws_real_targets_from_the_range_and_leaves_fakes_at_zero():
+    torch.manual_seed(0)
+    real, fake = gan.discriminator_targets(20000, 0.3, 0.0, "cpu")
+    assert real.shape == fake.shape == (20000, 1)
+    assert real.min() >= 0.7 and real.max() <= 1.0
+    assert real.min() < 0.701 and real.max() > 0.999 and abs(real.mean().item() - 0.85) < 0.01
+    assert torch.all(fake == 0)
+    real, fake = gan.discriminator_targets(100, 0.0, 0.0, "cpu")
+    assert torch.all(real == 1) and torch.all(fake == 0)
+
+
+def test_label_exchange_swaps_targets_at_the_requested_rate():
+    import random
+    random.seed(0)
+    swaps = sum(bool(gan.discriminator_targets(4, 0.0, 0.25, "cpu")[0].sum() == 0) for _ in range(4000))
+    assert abs(swaps / 4000 - 0.25) < 0.03
+    assert all(gan.discriminator_targets(4, 0.0, 0.0, "cpu")[0].sum() == 4 for _ in range(200))
+    assert all(gan.discriminator_targets(4, 0.0, 1.0, "cpu")[1].sum() == 4 for _ in range(200))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, ["--dataset", "fake", "--epochs", "1", "--out", out]) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    forward = gan.Discriminator.forward
+    monkeypatch.setattr(gan.Discriminator, "forward", lambda self, x: forward(self, x) * float("nan"))
+    code = run_inprocess(gan.main, ["--resume", out / "checkpoint.pt", "--epochs", "2"])
+    assert code == 1 and "NaN" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == good
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "gan.py"), "--dataset", "fake", "--epochs", "1000",
+               "--log-every", "1", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:   # wait until training is under way
+        if line.startswith("epoch"):
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "continue with: python gan.py --resume" in stdout
+    step = load(out / "checkpoint.pt")["step"]
+    assert step >= 1 and f"stopped at step {step}" in stdout
