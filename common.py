@@ -1,7 +1,5 @@
-"""Plumbing shared by the GAN scripts: flags, data, device, seeding, run folders, checkpoints,
-image grids and the progress log. No model or loss lives here: each script writes its own."""
+"""Plumbing for the GAN scripts (flags, data, device, seeds, run folders, checkpoints, grids, log); no model."""
 import argparse
-import csv
 import math
 import os
 import random
@@ -15,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.utils import make_grid, save_image
-
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder", "fake")
+from PIL import Image
+from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+from torchvision.utils import save_image
 
 
 class UserError(Exception):
@@ -33,39 +31,35 @@ def run_main(main, argv=None):
         sys.exit(2)
 
 
-# ---------------------------------------------------------------------------------------------
-# Flags
-# ---------------------------------------------------------------------------------------------
-def _number(kind, low, high=None, low_open=False, high_open=False):
-    """An argparse type that accepts a number in a range, with argparse's own error otherwise."""
+# --- Flags -------------------------------------------------------------------------------------
+def _number(kind, ok, rule):
+    """An argparse type: kind(text) must satisfy ok(value), else argparse reports `rule`."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}")
-        too_low = value <= low if low_open else value < low
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or (kind is float and not math.isfinite(value)):
-            left, right = "(" if low_open else "[", ")" if high_open else "]"
-            raise argparse.ArgumentTypeError(f"{text} is outside {left}{low}, {high or 'inf'}{right}")
+            value = None
+        if value is None or not ok(value):   # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
         return value
     return parse
 
 
-positive_int = _number(int, 1)
-positive_float = _number(float, 0, low_open=True)
-probability = _number(float, 0, 1)                  # [0, 1]
-smoothing_amount = _number(float, 0, 1, high_open=True)  # [0, 1)
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
+probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+smoothing_amount = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-def build_parser(script, description, *, img_size=28, batch_size=64, epochs=50, lr=2e-4,
-                 latent_dim=100, smoothing=True):
+def build_parser(script, description, *, img_size=28, batch_size=64, epochs=50, lr=2e-4, latent_dim=100,
+                 smoothing=True):
     """The flags every script shares; the script adds its own before parsing."""
     parser = argparse.ArgumentParser(prog=f"{script}.py", description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.set_defaults(script=script)
     add = parser.add_argument
-    add("--dataset", choices=DATASETS, default="mnist", help="training data ('fake': generated, no files)")
+    add("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "cifar10", "folder", "fake"),
+        help="training data ('folder': class sub-folders of images; 'fake': made up, no files)")
     add("--data-root", default="data", help="where datasets live (torchvision's layout)")
     add("--img-size", type=positive_int, default=img_size, help="images are resized to this square size")
     add("--batch-size", type=positive_int, default=batch_size)
@@ -75,23 +69,16 @@ def build_parser(script, description, *, img_size=28, batch_size=64, epochs=50, 
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto picks cuda when present)")
     add("--seed", type=int, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
-    add("--sample-every", type=positive_int, default=None, help="also save a grid every N steps")
+    add("--sample-every", type=positive_int, help="also save a grid every N steps")
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")
-    add("--max-steps", type=positive_int, default=None, help="stop after N optimisation steps (a checkpoint is kept)")
-    add("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
-        help="continue from CKPT, or without a path from this script's newest run")
-    add("--generate", type=positive_int, default=None, metavar="N",
-        help="write N samples to generated.npz and a grid from the checkpoint (--resume or the newest run), no training")
+    add("--max-steps", type=positive_int, help="stop after N optimisation steps (a checkpoint is kept)")
+    add("--resume", nargs="?", const="latest", metavar="CKPT", help="continue CKPT, or without one the newest run")
+    add("--generate", type=positive_int, metavar="N", help="no training: N samples from the checkpoint to generated.npz")
     if smoothing:
         add("--label-smoothing", type=smoothing_amount, default=0.0, metavar="S",
             help="one-sided: real targets drawn uniformly from [1-S, 1] each step; fake targets stay 0")
-    add("--label-exchange", type=probability, default=0.0, metavar="P",
-        help="with probability P, a discriminator step swaps the real and fake targets")
+    add("--label-exchange", type=probability, default=0.0, metavar="P", help="swap real and fake in a D step with probability P")
     return parser
-
-
-# Flags a resumed run may change; any other flag given with --resume must match the run's own.
-RESUME_MAY_CHANGE = {"epochs", "max_steps", "device", "sample_every", "log_every", "data_root"}
 
 
 def parse_args(parser, argv=None, generate_may_change=()):
@@ -103,58 +90,49 @@ def parse_args(parser, argv=None, generate_may_change=()):
     path = find_checkpoint(args.out, args.script) if args.resume in (None, "latest") else Path(args.resume)
     checkpoint = load_checkpoint(path, args.script)
     saved = checkpoint["args"]
-    # argparse fills in a default only where the namespace has no value yet, so the saved flags
-    # stay unless this command line gives a flag again.
+    # argparse fills in a default only where the namespace has no value: saved flags stay unless given
     keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps")}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
-    may_change = RESUME_MAY_CHANGE | ({"seed", *generate_may_change} if args.generate else set())
+    # any other flag given again must match the run's own: a changed --lr would be silently ignored
+    may_change = {"epochs", "max_steps", "device", "sample_every", "log_every", "data_root"}
+    may_change |= {"seed", *generate_may_change} if args.generate else set()
     for name, value in vars(args).items():
         if name in saved and name not in may_change | {"resume", "generate", "out"} and saved[name] != value:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} cannot change when resuming (the run used {saved[name]!r})")
+            raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]!r})")
     args.out = str(path if path.is_dir() else path.parent)
     return args, checkpoint
 
 
-# ---------------------------------------------------------------------------------------------
-# Device, seeding, run folders
-# ---------------------------------------------------------------------------------------------
+# --- Device, seeding, run folders --------------------------------------------------------------
 def pick_device(name):
+    """auto picks cuda when present, else cpu; a device this machine lacks is a UserError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine")
-        if (device.index or 0) >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available on this machine")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+    present = {"cpu": True, "mps": torch.backends.mps.is_available(),
+               "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
+    if not present.get(device.type, False):
+        raise UserError(f"--device {name} is not available on this machine (use auto, cpu, cuda, cuda:N or mps)")
     return device
 
 
 def seed_everything(seed):
     random.seed(seed)
-    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def rng_state():
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate()}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -162,8 +140,7 @@ def new_run_folder(out):
     """Create the run folder: `out` itself if free, else the next free `out-2`, `out-3`, ..."""
     candidate, number = Path(out), 1
     while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        number += 1
-        candidate = Path(f"{out}-{number}")
+        candidate, number = Path(f"{out}-{number + 1}"), number + 1
     candidate.mkdir(parents=True, exist_ok=True)
     return candidate
 
@@ -171,29 +148,23 @@ def new_run_folder(out):
 def find_checkpoint(out, script):
     """The checkpoint of the newest run among `out`, `out-2`, ... (the runs of this script)."""
     base = Path(out)
-    pattern = re.compile(re.escape(base.name) + r"(-\d+)?")
     runs = [p / "checkpoint.pt" for p in base.parent.glob(base.name + "*")
-            if pattern.fullmatch(p.name) and (p / "checkpoint.pt").is_file()] if base.parent.is_dir() else []
+            if re.fullmatch(re.escape(base.name) + r"(-\d+)?", p.name) and (p / "checkpoint.pt").is_file()]
     if not runs:
-        raise UserError(f"no {script} run with a checkpoint.pt under {base.parent}/ (train first, or pass --resume CKPT)")
+        raise UserError(f"no {script} run with a checkpoint.pt in {base.parent}/ (train first, or give --resume CKPT)")
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
+# --- Checkpoints -------------------------------------------------------------------------------
 def save_checkpoint(path, state):
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
     torch.save({**state, "rng": rng_state()}, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path, script):
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
@@ -211,41 +182,28 @@ def load_weights(module, state, what):
     try:
         module.load_state_dict(state)
     except RuntimeError:
-        raise UserError(f"the checkpoint's {what} does not fit the network these flags build "
-                        "(a size flag differs from the run's)")
+        raise UserError(f"the checkpoint's {what} does not fit the network these flags build (a size flag differs)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Data: decoded once into uint8, batches cut on the training device
-# ---------------------------------------------------------------------------------------------
+# --- Data: decoded once into uint8, batches cut on the training device -------------------------
 class ImageData:
     """All images as one uint8 tensor (N, C, H, W) and int64 labels (N,), kept on the device."""
 
     def __init__(self, images, labels, class_names, device):
-        self.images = images.to(device)
-        self.labels = labels.to(device)
-        self.class_names = list(class_names)
-        self.device = device
-
-    @property
-    def n_classes(self):
-        return len(self.class_names)
-
-    @property
-    def shape(self):
-        return tuple(self.images.shape[1:])
+        self.images, self.labels, self.device = images.to(device), labels.to(device), device
+        self.class_names, self.n_classes = list(class_names), len(class_names)
+        self.shape = tuple(images.shape[1:])   # (C, H, W)
 
     def __len__(self):
         return len(self.images)
 
     def steps_per_epoch(self, batch_size):
-        return len(self) // batch_size   # the short last batch is dropped, every epoch alike
+        return len(self.images) // batch_size   # the short last batch is dropped, every epoch alike
 
     def batches(self, batch_size, epoch, seed, skip=0):
-        """Yield (images in [-1, 1], labels) for one epoch. The order depends only on (seed, epoch),
-        so a resumed run sees exactly the batches an uninterrupted one would; `skip` jumps over
-        the batches it already trained on."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        """Yield (images in [-1, 1], labels) for one epoch. The order depends only on (seed, epoch), so a
+        resumed run sees the batches an uninterrupted one would; `skip` passes over those already seen."""
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         order = order.to(self.device)
         for i in range(skip, self.steps_per_epoch(batch_size)):
             index = order[i * batch_size:(i + 1) * batch_size]
@@ -261,8 +219,9 @@ def load_data(args, device, train=True):
         images, labels, classes = _folder_images(root, args.img_size)
     else:
         images, labels, classes = _torchvision_images(args.dataset, root, train)
-    if images.shape[-1] != args.img_size or images.shape[-2] != args.img_size:
-        images = _resize(images, args.img_size)
+    if images.shape[-2:] != (args.img_size, args.img_size):   # resized once, here, not per batch
+        images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
+        images = images.round().clamp(0, 255).to(torch.uint8)
     if len(images) < args.batch_size:
         raise UserError(f"the dataset has {len(images)} images, fewer than --batch-size {args.batch_size}")
     return ImageData(images, labels, classes, device)
@@ -276,8 +235,7 @@ def _torchvision_images(name, root, train):
     except Exception as error:  # no network, a refused connection, a bad mirror: all end alike
         where = (f"cifar-10-python.tar.gz in {root}/" if name == "cifar10" else
                  f"the four *-ubyte.gz files (train/t10k images and labels) in {root / cls.__name__ / 'raw'}/")
-        raise UserError(f"could not load {name} ({type(error).__name__}); without a network, put {where} "
-                        "or point --data-root at them")
+        raise UserError(f"could not load {name} ({type(error).__name__}); without a network, put {where}")
     images = torch.as_tensor(np.asarray(dataset.data))
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # (N, C, H, W)
     return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets)).long(), dataset.classes
@@ -285,49 +243,34 @@ def _torchvision_images(name, root, train):
 
 def _folder_images(root, size):
     """An image folder: each sub-folder is a class; images directly in the root form one class."""
-    from PIL import Image
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
     def images_in(folder):
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and images_in(p))
     files = [(p, i) for i, c in enumerate(classes) for p in images_in(root / c)] or [(p, 0) for p in images_in(root)]
     if not files:
         raise UserError(f"--data-root {root} holds no images (expected class sub-folders of .png/.jpg files)")
-    pictures = []
-    for path, _ in files:
-        try:
-            pictures.append(Image.open(path))
-            pictures[-1].load()
-        except OSError:
-            raise UserError(f"{path} is not a readable image")
-    mode = "L" if all(p.mode in ("L", "1", "I;16", "I") for p in pictures) else "RGB"
-    tensors = [center_crop(resize(pil_to_tensor(p.convert(mode)), size, antialias=True), size) for p in pictures]
+    try:
+        pictures = [Image.open(path) for path, _ in files]
+        mode = "L" if all(p.mode in ("L", "1", "I;16", "I") for p in pictures) else "RGB"
+        tensors = [center_crop(resize(pil_to_tensor(p.convert(mode)), size, antialias=True), size) for p in pictures]
+    except OSError as error:
+        raise UserError(f"an image under {root} cannot be read ({error})")
     return torch.stack(tensors), torch.tensor([label for _, label in files]), classes or [root.name]
 
 
 def _fake_images(size, seed, n=512, n_classes=10):
     """Grey images with a bright square whose place depends on the class: something to learn."""
-    generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % n_classes
-    images = torch.randint(0, 40, (n, 1, size, size), generator=generator, dtype=torch.uint8)
+    images = torch.randint(0, 40, (n, 1, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
     side = max(size // 4, 1)
-    for k in range(n_classes):
-        top, left = (k // 4) * size // 3, (k % 4) * size // 4
-        images[labels == k, :, top:top + side, left:left + side] = 255
+    for k in range(n_classes):   # the square's place is the class: rows of 4 squares
+        images[labels == k, :, k // 4 * side:k // 4 * side + side, k % 4 * side:k % 4 * side + side] = 255
     return images, labels, [str(k) for k in range(n_classes)]
 
 
-def _resize(images, size):
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------------------------
+# --- Images ------------------------------------------------------------------------------------
 def save_grid(images, path, nrow=8):
     """Save images in [-1, 1] as one PNG grid."""
     save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
@@ -335,37 +278,25 @@ def save_grid(images, path, nrow=8):
 
 def save_progress_gif(run_dir):
     """Put the per-epoch grids together into progress.gif."""
-    from PIL import Image
-    frames = [Image.open(p) for p in sorted(Path(run_dir).glob("epoch_*.png"))]
-    if frames:
-        frames[0].save(Path(run_dir) / "progress.gif", save_all=True, append_images=frames[1:],
-                       duration=400, loop=0)
-
-
-def to_uint8(images):
-    return images.detach().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+    first, *rest = [Image.open(p) for p in sorted(Path(run_dir).glob("epoch_*.png"))]
+    first.save(Path(run_dir) / "progress.gif", save_all=True, append_images=rest, duration=400, loop=0)
 
 
 def save_generated(run_dir, images, labels=None, nrow=10):
     """generated.npz: images uint8 (N, C, H, W) and, for conditional models, labels (N,)."""
     path = Path(run_dir) / "generated.npz"
-    arrays = {"images": to_uint8(images).numpy()}
+    arrays = {"images": images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-    replaced = path.exists()
-    np.savez_compressed(str(path) + ".tmp.npz", **arrays)
-    os.replace(str(path) + ".tmp.npz", path)
+    note = " (replacing the earlier one: samples are reproducible from the checkpoint and --seed)" * path.exists()
+    np.savez_compressed(path, **arrays)
     save_grid(images[:100], Path(run_dir) / "generated.png", nrow=nrow)
-    note = " (replaced the earlier one: samples are reproducible from the checkpoint and --seed)" if replaced else ""
     print(f"wrote {len(images)} samples to {path} and a grid to {Path(run_dir) / 'generated.png'}{note}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Progress: losses summed on the device each step, read back only at log points
-# ---------------------------------------------------------------------------------------------
+# --- Progress: losses summed on the device each step, read back only at log points -------------
 class LossLog:
     """Averages named scalars between log points, prints one progress line, appends losses.csv.
-
     update() only adds tensors on the device (no host sync); write() syncs once per log point."""
 
     def __init__(self, run_dir, names, first_step, last_step, batch_size):
@@ -373,9 +304,8 @@ class LossLog:
         self.names, self.total_steps, self.batch_size = list(names), last_step, batch_size
         self.sum, self.count = None, 0
         self.start_clock(first_step)
-        if not self.path.exists():
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(["step", "epoch", *self.names])
+        if not self.path.exists():   # a resumed run appends to its own file
+            self.path.write_text(",".join(["step", "epoch", *self.names]) + "\n")
 
     def update(self, *values):
         stacked = torch.stack([v.detach().float() for v in values])
@@ -383,44 +313,32 @@ class LossLog:
         self.count += 1
 
     def write(self, step, epoch, epochs):
-        """Log the means since the last call. A NaN or infinite value ends the run (exit code 1)
-        before the caller can write a checkpoint, so the last good one is kept."""
+        """Log the means since the last call; NaN ends the run (exit 1) before the next checkpoint."""
         if self.count == 0:
             return
-        means = (self.sum / self.count).tolist()
-        self.sum, self.count = None, 0
-        now = time.perf_counter()
-        rate = (step - self.clock_step) * self.batch_size / max(now - self.clock, 1e-9)
-        self.clock, self.clock_step = now, step
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([step, epoch, *(f"{m:.5f}" for m in means)])
-        eta = (self.total_steps - step) * self.batch_size / rate
+        means, self.sum, self.count = (self.sum / self.count).tolist(), None, 0
+        rate = (step - self.clock_step) * self.batch_size / max(time.perf_counter() - self.clock, 1e-9)
+        self.start_clock(step)
+        with open(self.path, "a") as f:
+            f.write(",".join([str(step), str(epoch), *(f"{m:.5f}" for m in means)]) + "\n")
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total_steps - step) * self.batch_size / rate))
         losses = "  ".join(f"{n} {m:.4f}" for n, m in zip(self.names, means))
-        print(f"epoch {epoch + 1}/{epochs}  step {step}/{self.total_steps}  {losses}  "
-              f"{rate:,.0f} img/s  {_duration(eta)} left", flush=True)
+        print(f"epoch {epoch + 1}/{epochs}  step {step}/{self.total_steps}  {losses}  {rate:,.0f} img/s  {eta} left",
+              flush=True)
         if not all(math.isfinite(m) for m in means):
             print(f"a loss became NaN or infinite by step {step}: stopped; the last good checkpoint "
                   f"(if any) is {self.path.parent / 'checkpoint.pt'}", file=sys.stderr)
             sys.exit(1)
 
-    def start_clock(self, step):
-        """Restart the speed clock (after saving grids or checkpoints, which are not training)."""
+    def start_clock(self, step):   # also after saving grids and checkpoints: not training time
         self.clock, self.clock_step = time.perf_counter(), step
 
 
-def _duration(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 class StopRequest:
-    """Ctrl-C asks the loop to stop at the end of the current step, so the checkpoint it then
-    writes is consistent. A second Ctrl-C interrupts at once."""
+    """Ctrl-C stops the loop at the end of a step, so its checkpoint is consistent; a second one at once."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._handle)
+        self.requested, self._previous = False, signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame):
         if self.requested:
