@@ -73,11 +73,11 @@ def build_parser(script, description, *, img_size=28, batch_size=64, epochs=50, 
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")
     add("--max-steps", type=positive_int, help="stop after N optimisation steps (a checkpoint is kept)")
     add("--resume", nargs="?", const="latest", metavar="CKPT", help="continue CKPT, or without one the newest run")
-    add("--generate", type=positive_int, metavar="N", help="no training: N samples from the checkpoint to generated.npz")
+    add("--generate", type=positive_int, metavar="N", help="no training: write N samples to generated.npz")
     if smoothing:
         add("--label-smoothing", type=smoothing_amount, default=0.0, metavar="S",
             help="one-sided: real targets drawn uniformly from [1-S, 1] each step; fake targets stay 0")
-    add("--label-exchange", type=probability, default=0.0, metavar="P", help="swap real and fake in a D step with probability P")
+    add("--label-exchange", type=probability, default=0.0, metavar="P", help="chance that a D step swaps real and fake")
     return parser
 
 

@@ -12,6 +12,7 @@ smoothing and label exchange (see discriminator_targets).
     python gan.py --resume                         # continue the newest run
     python gan.py --generate 10000 --resume runs/gan/checkpoint.pt
 """
+import math
 import random
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def main(argv=None):
         generator.train()
 
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = steps_per_epoch * args.epochs if args.max_steps is None else min(args.max_steps, steps_per_epoch * args.epochs)
+    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
     log = common.LossLog(run_dir, ["loss_d", "loss_g", "d_real", "d_fake"], step, last_step, args.batch_size)
     stop = common.StopRequest()
     try:
