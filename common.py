@@ -194,9 +194,6 @@ class ImageData:
         self.class_names, self.n_classes = list(class_names), len(class_names)
         self.shape = tuple(images.shape[1:])   # (C, H, W)
 
-    def __len__(self):
-        return len(self.images)
-
     def steps_per_epoch(self, batch_size):
         return len(self.images) // batch_size   # the short last batch is dropped, every epoch alike
 
@@ -251,10 +248,12 @@ def _folder_images(root, size):
     files = [(p, i) for i, c in enumerate(classes) for p in images_in(root / c)] or [(p, 0) for p in images_in(root)]
     if not files:
         raise UserError(f"--data-root {root} holds no images (expected class sub-folders of .png/.jpg files)")
-    try:
-        pictures = [Image.open(path) for path, _ in files]
-        mode = "L" if all(p.mode in ("L", "1", "I;16", "I") for p in pictures) else "RGB"
-        tensors = [center_crop(resize(pil_to_tensor(p.convert(mode)), size, antialias=True), size) for p in pictures]
+    def read(path, mode=None):   # one file open at a time: a folder may hold 200k faces
+        with Image.open(path) as picture:
+            return picture.mode if mode is None else pil_to_tensor(picture.convert(mode))
+    try:   # grey only if every image is grey (headers only), then decode, resize and crop each once
+        mode = "L" if all(read(p) in ("L", "1", "I;16", "I") for p, _ in files) else "RGB"
+        tensors = [center_crop(resize(read(p, mode), size, antialias=True), size) for p, _ in files]
     except OSError as error:
         raise UserError(f"an image under {root} cannot be read ({error})")
     return torch.stack(tensors), torch.tensor([label for _, label in files]), classes or [root.name]

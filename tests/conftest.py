@@ -2,21 +2,24 @@
 script in-process (fast) or as a real subprocess (exit codes, stderr, signals)."""
 import gzip
 import os
+import signal
 import struct
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)   # tiny test networks: threads cost more than they give
 
 
 def write_idx_dataset(folder, n_train=128, n_test=64, size=28, seed=0, compress=False):
@@ -77,10 +80,59 @@ def run_inprocess(main, argv, capsys=None):
 
 def run_subprocess(script, *args, cwd=None, timeout=240):
     """Run `python script args...` as a user would; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def to_uint8(images):
+    """What --generate stores: images in [-1, 1] as uint8 (a numpy array)."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def state_tensors(checkpoint):
+    """Every network tensor of a checkpoint, named "<network>.<parameter>"."""
+    nets = [net for net in ("generator", "discriminator", "critic") if net in checkpoint]
+    return {f"{net}.{k}": v for net in nets for k, v in checkpoint[net].items()}
+
+
+def losses(out):
+    """losses.csv as a list of {column: float} rows."""
+    header, *rows = (Path(out) / "losses.csv").read_text().splitlines()
+    return [dict(zip(header.split(","), map(float, row.split(",")))) for row in rows]
+
+
+@contextmanager
+def optimizer_steps():
+    """Record every optimizer step taken inside the block, in order: "D" for the critic's or
+    discriminator's optimizer (its first weight reads 28*28 pixels), "G" for the generator's (z of 100)."""
+    calls = []
+
+    def record(optimizer, args, kwargs):
+        first = optimizer.param_groups[0]["params"][0]
+        calls.append({784: "D", 100: "G"}[first.shape[-1]])
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def interrupt_training(script, out):
+    """Start a long run of `script` on fake data and press Ctrl-C once its first progress line is
+    out, as a user would. Returns (exit code, stdout, stderr)."""
+    command = [sys.executable, str(ROOT / script), "--dataset", "fake", "--epochs", "1000",
+               "--log-every", "1", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    for line in process.stdout:   # wait until training is under way
+        if line.startswith("epoch"):
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, stdout, stderr

@@ -1,10 +1,5 @@
 """gan.py: one-batch runs on fake and MNIST-format data, resume exactness, --generate, run
 folders, bad input, the label tricks, and NaN handling."""
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -12,17 +7,9 @@ import torch
 
 import common
 import gan
-from conftest import ROOT, load, run_inprocess, run_subprocess, write_idx_dataset
+from conftest import interrupt_training, load, run_inprocess, run_subprocess, state_tensors, to_uint8, write_idx_dataset
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
-
-
-def to_uint8(images):
-    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def state_tensors(checkpoint):
-    return {f"{net}.{k}": v for net in ("generator", "discriminator") for k, v in checkpoint[net].items()}
 
 
 def test_one_batch_on_fake_data_trains_both_networks(tmp_path):
@@ -46,7 +33,7 @@ def test_one_batch_on_mnist_format_files(tmp_path, mnist_root):
     args = gan.parse_args(["--data-root", str(mnist_root)])[0]
     data = common.load_data(args, torch.device("cpu"))
     images, labels = write_idx_dataset(tmp_path / "again" / "MNIST")  # same seed: same content
-    assert data.shape == (1, 28, 28) and len(data) == 128 and data.n_classes == 10
+    assert data.shape == (1, 28, 28) and len(data.images) == 128 and data.n_classes == 10
     assert torch.equal(data.images[:, 0], torch.from_numpy(images))
     assert torch.equal(data.labels, torch.from_numpy(labels).long())
     batch, batch_labels = next(data.batches(64, epoch=0, seed=0))
@@ -241,16 +228,8 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "gan.py"), "--dataset", "fake", "--epochs", "1000",
-               "--log-every", "1", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:   # wait until training is under way
-        if line.startswith("epoch"):
-            break
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
+    code, stdout, stderr = interrupt_training("gan.py", out)
+    assert code == 0, stderr
     assert "Traceback" not in stderr and "continue with: python gan.py --resume" in stdout
     step = load(out / "checkpoint.pt")["step"]
     assert step >= 1 and f"stopped at step {step}" in stdout
