@@ -1,0 +1,343 @@
+"""Training speed of each script, beside two references measured in the same run.
+
+For every script at its defaults (batch size, image size, widths, n_critic ...) on one device:
+- script: `python <script>.py --max-steps W+K --log-every C` in a subprocess on the real data;
+  the images/s of its progress lines after the W warm-up steps (the clock of common.LossLog,
+  which leaves out start-up, data decoding and checkpoint writing);
+- model limit: the same networks, optimisers and losses (the script's training step written out
+  again below, one small function per script), run on one batch already on the device: no data,
+  no logging, no bookkeeping. The gap between this and the script is what the loop adds;
+- conventional: that same step fed the way most GAN repositories feed it (PyTorch-GAN,
+  pytorch/examples): torchvision's MNIST dataset and a DataLoader, each image decoded to PIL and
+  put through Resize, ToTensor and Normalize one by one, every step.
+A step is one batch, one discriminator (critic) update: in wgan/wgan_gp a generator update comes
+every n_critic steps, in the others every step; images/s = steps x batch size / seconds.
+
+Each measurement is timed in chunks of C steps (the script's own progress lines are its chunks);
+the table gives the best chunk and the median chunk of each. On a machine shared with other
+work the best chunk is the least disturbed one, and the same rule applies to all three columns.
+The target: every script at >= 0.9x its model limit on the CPU (the loop adds under 10%).
+
+    cd /work/main   # the repository root
+    nice -n 5 python benchmarks/speed.py --device cpu                        # all six scripts
+    nice -n 5 python benchmarks/speed.py --device cpu --scripts gan --steps 300 --chunk 50 --threads 1
+    python benchmarks/speed.py --device cuda --steps 2000 --workers 4
+
+--threads 1 keeps the numbers steady on a CPU that other jobs share (two-thread OpenMP loops
+slow down erratically when the cores are oversubscribed). Scripts not written yet are skipped.
+"""
+import argparse
+import importlib
+import itertools
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
+
+SCRIPTS = ("gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="speed.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--scripts", nargs="+", choices=SCRIPTS, default=list(SCRIPTS), metavar="SCRIPT",
+        help=f"which of {', '.join(SCRIPTS)} (those that exist)")
+    add("--steps", type=common.positive_int, default=500, help="timed steps, after the warm-up")
+    add("--warmup", type=common.positive_int, default=100,
+        help="untimed steps first (allocator, caches, cuDNN autotuning)")
+    add("--chunk", type=common.positive_int, default=100,
+        help="steps per timed chunk (the scripts' --log-every); each measurement keeps its best chunk")
+    add("--repeat", type=common.positive_int, default=1, help="measure everything R times, interleaved")
+    add("--threads", type=int, default=0, help="CPU threads for all three measurements (0: torch's default)")
+    add("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    add("--data-root", default="data", help="where the dataset lives (torchvision's layout)")
+    add("--workers", type=int, default=0,
+        help="DataLoader workers of the conventional pipeline (0: PyTorch-GAN's default)")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Each script's training step, written out again from the script (networks, optimisers, losses
+# taken from the script itself). build_<script>(module, args, shape, n_classes, device) returns
+# step(real_images, real_labels). Keep them in step with the scripts' loops.
+# ---------------------------------------------------------------------------------------------
+def adam_pair(generator, discriminator, lr, betas=(0.5, 0.999)):
+    return (torch.optim.Adam(generator.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas))
+
+
+def bce_step(module, generator, discriminator, args, device):
+    """gan.py and dcgan.py: D on real and detached fakes, then G with the non-saturating loss."""
+    opt_g, opt_d = adam_pair(generator, discriminator, args.lr)
+
+    def step(real_images, real_labels):
+        batch_size = real_images.size(0)
+        real_targets, fake_targets = module.discriminator_targets(
+            batch_size, args.label_smoothing, args.label_exchange, device)
+        z = torch.randn(batch_size, args.latent_dim, device=device)
+        fake_images = generator(z)
+        loss_d = (module.bce(discriminator(real_images), real_targets)
+                  + module.bce(discriminator(fake_images.detach()), fake_targets))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = module.bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return step
+
+
+def build_gan(gan, args, shape, n_classes, device):
+    generator, discriminator = gan.Generator(args.latent_dim, shape), gan.Discriminator(shape)
+    return bce_step(gan, generator.to(device), discriminator.to(device), args, device)
+
+
+def build_dcgan(dcgan, args, shape, n_classes, device):
+    generator = dcgan.Generator(args.latent_dim, shape[0], args.img_size, args.width)
+    discriminator = dcgan.Discriminator(shape[0], args.img_size, args.width)
+    return bce_step(dcgan, generator.to(device), discriminator.to(device), args, device)
+
+
+def build_cgan(cgan, args, shape, n_classes, device):
+    generator = cgan.Generator(args.latent_dim, n_classes, shape).to(device)
+    discriminator = cgan.Discriminator(n_classes, shape).to(device)
+    opt_g, opt_d = adam_pair(generator, discriminator, args.lr)
+
+    def step(real_images, real_labels):
+        batch_size = real_images.size(0)
+        real_targets, fake_targets = cgan.discriminator_targets(
+            batch_size, args.label_smoothing, args.label_exchange, device)
+        z = torch.randn(batch_size, args.latent_dim, device=device)
+        fake_labels = torch.randint(0, n_classes, (batch_size,), device=device)
+        fake_images = generator(z, fake_labels)
+        loss_d = (cgan.bce(discriminator(real_images, real_labels), real_targets)
+                  + cgan.bce(discriminator(fake_images.detach(), fake_labels), fake_targets))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = cgan.bce(discriminator(fake_images, fake_labels), torch.ones(batch_size, 1, device=device))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return step
+
+
+def build_acgan(acgan, args, shape, n_classes, device):
+    generator = acgan.Generator(args.latent_dim, n_classes, shape, args.width).to(device)
+    discriminator = acgan.Discriminator(n_classes, shape, args.width).to(device)
+    opt_g, opt_d = adam_pair(generator, discriminator, args.lr)
+
+    def step(real_images, real_labels):
+        batch_size = real_images.size(0)
+        real_targets, fake_targets = acgan.discriminator_targets(
+            batch_size, args.label_smoothing, args.label_exchange, device)
+        z = torch.randn(batch_size, args.latent_dim, device=device)
+        fake_labels = torch.randint(0, n_classes, (batch_size,), device=device)
+        fake_images = generator(z, fake_labels)
+        real_logits, real_class_logits = discriminator(real_images)
+        fake_logits, fake_class_logits = discriminator(fake_images.detach())
+        loss_d = (acgan.bce(real_logits, real_targets) + acgan.class_loss(real_class_logits, real_labels)
+                  + acgan.bce(fake_logits, fake_targets) + acgan.class_loss(fake_class_logits, fake_labels))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        g_logits, g_class_logits = discriminator(fake_images)
+        loss_g = acgan.bce(g_logits, torch.ones(batch_size, 1, device=device)) + acgan.class_loss(g_class_logits, fake_labels)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return step
+
+
+def critic_step(module, args, shape, device, optimisers, penalty):
+    """wgan.py and wgan_gp.py: a critic update every step (clipping, or a gradient penalty),
+    a generator update every n_critic steps."""
+    generator = module.Generator(args.latent_dim, shape).to(device)
+    critic = module.Critic(shape).to(device)
+    opt_g, opt_d = optimisers(generator, critic)
+    count = itertools.count(1)
+
+    def step(real_images, real_labels):
+        batch_size = real_images.size(0)
+        with torch.no_grad():
+            fake_images = generator(torch.randn(batch_size, args.latent_dim, device=device))
+        loss_critic = module.critic_loss(critic(real_images), critic(fake_images))
+        if penalty:
+            loss_critic = loss_critic + module.gradient_penalty(critic, real_images, fake_images, args.lambda_gp)
+        opt_d.zero_grad(set_to_none=True)
+        loss_critic.backward()
+        opt_d.step()
+        if not penalty:
+            module.clip_weights(critic, args.clip)
+        if next(count) % args.n_critic == 0:
+            z = torch.randn(batch_size, args.latent_dim, device=device)
+            opt_g.zero_grad(set_to_none=True)
+            module.generator_loss(critic(generator(z))).backward()
+            opt_g.step()
+    return step
+
+
+def build_wgan(wgan, args, shape, n_classes, device):
+    def rmsprop(generator, critic):
+        return torch.optim.RMSprop(generator.parameters(), lr=args.lr), torch.optim.RMSprop(critic.parameters(), lr=args.lr)
+    return critic_step(wgan, args, shape, device, rmsprop, penalty=False)
+
+
+def build_wgan_gp(wgan_gp, args, shape, n_classes, device):
+    return critic_step(wgan_gp, args, shape, device, lambda g, c: adam_pair(g, c, args.lr, betas=(0.5, 0.9)),
+                       penalty=True)
+
+
+BUILDERS = {"gan": build_gan, "cgan": build_cgan, "acgan": build_acgan, "wgan": build_wgan,
+            "wgan_gp": build_wgan_gp, "dcgan": build_dcgan}
+
+
+# ---------------------------------------------------------------------------------------------
+# The three measurements
+# ---------------------------------------------------------------------------------------------
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(step, batches, options, batch_size, device):
+    """images/s of each chunk of step(*next(batches)) calls after the untimed warm-up. Fetching
+    the batch is inside the clock: that is the point of the conventional pipeline's number."""
+    for _ in range(options.warmup):
+        step(*next(batches))
+    rates = []
+    for _ in range(options.steps // options.chunk):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(options.chunk):
+            step(*next(batches))
+        synchronize(device)
+        rates.append(options.chunk * batch_size / (time.perf_counter() - start))
+    return rates
+
+
+def model_limit(name, module, args, data, options, device):
+    """The script's step on one batch already on the device, over and over."""
+    common.seed_everything(0)
+    step = BUILDERS[name](module, args, data.shape, data.n_classes, device)
+    batch = next(data.batches(args.batch_size, epoch=0, seed=0))
+    return timed(step, itertools.repeat(batch), options, args.batch_size, device)
+
+
+def conventional(name, module, args, data, options, device):
+    """The script's step fed by torchvision's dataset + DataLoader with per-image transforms."""
+    import torchvision
+    from torchvision import transforms
+    common.seed_everything(0)
+    step = BUILDERS[name](module, args, data.shape, data.n_classes, device)
+    dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}[args.dataset]
+    dataset = dataset_class(options.data_root, train=True, download=False, transform=transforms.Compose([
+        transforms.Resize(args.img_size), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=options.workers, pin_memory=device.type == "cuda")
+
+    def batches():
+        while True:   # epoch after epoch, as a training loop would
+            for images, labels in loader:
+                yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return timed(step, batches(), options, args.batch_size, device)
+
+
+PROGRESS = re.compile(r"step (\d+)/\d+ .* ([\d,.]+) img/s")
+
+
+def script_speed(name, args, options, device, workdir):
+    """Run the script itself; the images/s of each --log-every chunk after the warm-up, from its
+    progress lines (each gives the rate since the previous one)."""
+    command = [sys.executable, str(ROOT / f"{name}.py"), "--device", options.device, "--dataset", args.dataset,
+               "--data-root", str(Path(options.data_root).resolve()), "--max-steps", str(options.warmup + options.steps),
+               "--log-every", str(options.chunk), "--out", str(Path(workdir) / name)]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(options.threads)} if options.threads else {})}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    rates, previous = [], 0
+    for line in result.stdout.splitlines():
+        match = PROGRESS.search(line)
+        if match:
+            step, rate = int(match[1]), float(match[2].replace(",", ""))
+            if previous >= options.warmup and step - previous == options.chunk:   # whole chunks only
+                rates.append(rate)
+            previous = step
+    if not rates:
+        raise RuntimeError(f"no progress lines after step {options.warmup} in the output of {' '.join(command)}")
+    return rates
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    options = parse_args(argv)
+    if options.warmup % options.chunk or options.steps < options.chunk:
+        raise common.UserError("--warmup must be a multiple of --chunk, and --steps at least --chunk "
+                               "(the scripts' progress lines fall on multiples of --chunk)")
+    device = common.pick_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    names = [n for n in options.scripts if (ROOT / f"{n}.py").is_file()]
+    for missing in sorted(set(options.scripts) - set(names)):
+        print(f"skipping {missing}: {missing}.py does not exist yet", file=sys.stderr)
+    modules = {n: importlib.import_module(n) for n in names}
+    # Each script's defaults, as its own parser gives them, with this run's data flags.
+    script_args = {n: modules[n].parse_args(["--dataset", options.dataset, "--data-root", options.data_root])[0]
+                   for n in names}
+    data, rates = {}, {n: {"script": [], "limit": [], "conventional": []} for n in names}
+    with tempfile.TemporaryDirectory(prefix="speed_") as workdir:
+        for round_ in range(options.repeat):
+            for n in names:
+                args = script_args[n]
+                key = (args.dataset, args.img_size)
+                if key not in data:
+                    data[key] = common.load_data(args, device)
+                measured = {"limit": model_limit(n, modules[n], args, data[key], options, device),
+                            "conventional": conventional(n, modules[n], args, data[key], options, device),
+                            "script": script_speed(n, args, options, device, f"{workdir}/{round_}")}
+                for what, chunk_rates in measured.items():
+                    rates[n][what] += chunk_rates
+                print(f"round {round_ + 1}/{options.repeat} {n}, img/s per chunk of {options.chunk} steps: " + "; ".join(
+                    f"{what} " + " ".join(f"{r:,.0f}" for r in chunk_rates) for what, chunk_rates in measured.items()),
+                    file=sys.stderr, flush=True)
+    print(table(rates, script_args, options, device))
+
+
+def table(rates, script_args, options, device):
+    """Best chunk of each measurement (the least disturbed on a shared machine), then medians."""
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    lines = [f"device {device}{threads}, torch {torch.__version__}, {options.dataset}; {options.warmup} warm-up steps, "
+             f"then {options.steps // options.chunk} chunks of {options.chunk} steps, x{options.repeat} rounds; "
+             f"conventional: DataLoader, {options.workers} workers"]
+    for summary, pick in (("best chunk", max), ("median chunk", statistics.median)):
+        lines += ["", f"{'img/s, ' + summary:22} {'batch':>5}  {'script':>8} {'limit':>8} {'convent.':>8}"
+                      f"  {'script/limit':>12} {'script/conv.':>12}"]
+        for n, measured in rates.items():
+            script, limit, conv = (pick(measured[w]) for w in ("script", "limit", "conventional"))
+            flag = "  below the 0.9x target" if script / limit < 0.9 and device.type == "cpu" else ""
+            lines.append(f"{n:22} {script_args[n].batch_size:>5}  {script:>8,.0f} {limit:>8,.0f} {conv:>8,.0f}"
+                         f"  {script / limit:>11.2f}x {script / conv:>11.2f}x{flag}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    common.run_main(main)

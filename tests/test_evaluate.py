@@ -1,0 +1,360 @@
+"""evaluate.py: the Frechet distance against closed forms, the metrics on tiny MNIST-format data
+with a tiny classifier, its cache, run folders end to end through the scripts' --generate, and
+bad input."""
+import contextlib
+import importlib
+import io
+import json
+import math
+import os
+import subprocess
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import gan
+from conftest import ROOT, run_inprocess, run_subprocess, write_idx_dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Frechet distance
+# ---------------------------------------------------------------------------------------------
+def diagonal_closed_form(mean1, var1, mean2, var2):
+    """FD between N(mean1, diag(var1)) and N(mean2, diag(var2))."""
+    return float(((mean1 - mean2) ** 2).sum() + (var1 + var2 - 2 * np.sqrt(var1 * var2)).sum())
+
+
+def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
+    rng = np.random.default_rng(0)
+    mean1, mean2 = rng.normal(size=16), rng.normal(size=16)
+    var1, var2 = rng.uniform(0.1, 4, size=16), rng.uniform(0.1, 4, size=16)
+    got = evaluate.frechet_distance(mean1, np.diag(var1), mean2, np.diag(var2))
+    assert got == pytest.approx(diagonal_closed_form(mean1, var1, mean2, var2), rel=1e-10)
+    # The same Gaussians seen in a rotated basis: the distance does not depend on the basis.
+    rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    got = evaluate.frechet_distance(rotation @ mean1, rotation @ np.diag(var1) @ rotation.T,
+                                    rotation @ mean2, rotation @ np.diag(var2) @ rotation.T)
+    assert got == pytest.approx(diagonal_closed_form(mean1, var1, mean2, var2), rel=1e-9)
+
+
+def test_frechet_distance_of_non_commuting_covariances_is_the_closed_form():
+    """In 2-d, tr(sqrt(M)) = sqrt(tr(M) + 2 sqrt(det(M))) for M = cov1 cov2 (eigenvalues >= 0)."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a, b = rng.normal(size=(2, 2)), rng.normal(size=(2, 2))
+        cov1, cov2 = a @ a.T + 0.01 * np.eye(2), b @ b.T + 0.01 * np.eye(2)
+        mean1, mean2 = rng.normal(size=2), rng.normal(size=2)
+        product = cov1 @ cov2
+        trace_root = math.sqrt(np.trace(product) + 2 * math.sqrt(np.linalg.det(product)))
+        expected = ((mean1 - mean2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * trace_root
+        assert evaluate.frechet_distance(mean1, cov1, mean2, cov2) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_frechet_distance_handles_singular_covariances():
+    """A point mass against N(m, S): |m|^2 + tr(S). Rank-deficient inputs are what dead ReLU
+    features give; nothing may turn into NaN."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(8, 3))
+    cov = a @ a.T                                    # rank 3 of 8
+    mean = rng.normal(size=8)
+    assert evaluate.frechet_distance(np.zeros(8), np.zeros((8, 8)), mean, cov) == pytest.approx(
+        (mean ** 2).sum() + np.trace(cov), rel=1e-10)
+    assert evaluate.frechet_distance(mean, cov, mean, cov) == pytest.approx(0, abs=1e-9)
+
+
+def test_frechet_distance_of_samples_estimates_the_population_value():
+    rng = np.random.default_rng(3)
+    mean1, mean2 = np.zeros(8), np.full(8, 0.5)
+    var1, var2 = rng.uniform(0.5, 2, size=8), rng.uniform(0.5, 2, size=8)
+    x = rng.normal(size=(20000, 8)) * np.sqrt(var1) + mean1
+    y = rng.normal(size=(20000, 8)) * np.sqrt(var2) + mean2
+    expected = diagonal_closed_form(mean1, var1, mean2, var2)
+    assert evaluate.frechet_distance_of(x, y) == pytest.approx(expected, rel=0.05)
+    assert evaluate.frechet_distance_of(x, y) == pytest.approx(evaluate.frechet_distance_of(y, x), rel=1e-9)
+    mean, cov = evaluate.gaussian_statistics(torch.from_numpy(x))
+    assert mean.dtype == cov.dtype == torch.float64
+    assert np.allclose(cov.numpy(), np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_a_sample_scored_against_itself_is_zero_and_noise_is_far():
+    rng = np.random.default_rng(4)
+    features = np.maximum(rng.normal(size=(300, 128)) @ rng.normal(size=(128, 128)), 0)
+    features[:, :20] = 0                              # dead units: a singular covariance
+    assert evaluate.frechet_distance_of(features, features) < 1e-8
+    other = np.maximum(rng.normal(size=(300, 128)) @ rng.normal(size=(128, 128)), 0)
+    assert evaluate.frechet_distance_of(features, other) > 1
+
+
+def test_coverage_and_confidence():
+    eye = torch.eye(10, dtype=torch.float64)
+    balanced = eye.repeat(5, 1)                       # every class 5 times, fully confident
+    assert evaluate.coverage(balanced, 10) == pytest.approx(1.0)
+    assert evaluate.confidence(balanced) == pytest.approx(1.0)
+    one_class = eye[[3] * 50]
+    assert evaluate.coverage(one_class, 10) == pytest.approx(0.0, abs=1e-12)
+    two_classes = eye[[3, 7] * 25]
+    assert evaluate.coverage(two_classes, 10) == pytest.approx(math.log(2) / math.log(10))
+    unsure = torch.full((50, 10), 0.1, dtype=torch.float64)
+    assert evaluate.confidence(unsure) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The classifier and the metrics on tiny MNIST-format data
+# ---------------------------------------------------------------------------------------------
+N_TEST = 200
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A data root with a tiny MNIST (bars whose position is the class) and a classifier for it,
+    trained for a few dozen steps and put where evaluate.py caches its classifier."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    train_images, train_labels = write_idx_dataset(root / "MNIST", n_train=256, n_test=N_TEST, seed=0)
+    images = torch.from_numpy(train_images).unsqueeze(1)
+    classifier = evaluate.train_classifier(images, torch.from_numpy(train_labels).long(), 10, epochs=6,
+                                           batch_size=64)
+    test = np.frombuffer((root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()[16:], np.uint8)
+    test = torch.from_numpy(test.reshape(N_TEST, 1, 28, 28).copy())
+    test_labels = torch.arange(N_TEST) % 10
+    accuracy = evaluate.accuracy(evaluate.classify(classifier, test)[1], test_labels)
+    evaluate.save_classifier(evaluate.classifier_path(root, "mnist"), classifier, "mnist", accuracy)
+    return {"root": root, "test": test, "labels": test_labels, "train": images, "accuracy": accuracy}
+
+
+@pytest.fixture
+def generate_inprocess(monkeypatch):
+    """evaluate.py runs `python <script>.py --generate N --resume CKPT` as a subprocess; here the
+    same command runs in this process (seconds saved per call). The real subprocess is exercised
+    by the command-line test below."""
+    def run(command, capture_output, text):
+        module = importlib.import_module(os.path.basename(command[1])[:-3])
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_inprocess(module.main, command[2:])
+        return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
+    monkeypatch.setattr(evaluate, "subprocess", types.SimpleNamespace(run=run))
+
+
+def write_npz(path, images, labels=None):
+    arrays = {"images": np.asarray(images)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels)
+    np.savez(path, **arrays)
+    return path
+
+
+def score(npz, root, capsys, *flags):
+    """evaluate.py --json in-process: its JSON object, plus what it said on stderr as "_stderr"."""
+    capsys.readouterr()
+    code = run_inprocess(evaluate.main, [npz, "--data-root", root, "--json", *flags])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    return {**json.loads(printed.out), "_stderr": printed.err}
+
+
+def test_the_tiny_classifier_learns_and_training_is_seeded(tiny):
+    assert tiny["accuracy"] >= 0.95   # bars are easy: the yardstick in the tests below works
+    labels = torch.arange(256) % 10
+    first = evaluate.train_classifier(tiny["train"], labels, 10, max_steps=3, batch_size=32)
+    again = evaluate.train_classifier(tiny["train"], labels, 10, max_steps=3, batch_size=32)
+    other = evaluate.train_classifier(tiny["train"], labels, 10, max_steps=3, batch_size=32, seed=1)
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name
+    assert not torch.equal(first.state_dict()["head.weight"], other.state_dict()["head.weight"])
+    features, probabilities = evaluate.classify(first, tiny["test"][:7])
+    assert features.shape == (7, 128) and features.dtype == torch.float64
+    assert probabilities.shape == (7, 10) and torch.allclose(probabilities.sum(1), torch.ones(7, dtype=torch.float64))
+
+
+def test_test_images_score_zero_and_noise_scores_far_above_the_floor(tiny, tmp_path, capsys):
+    real = score(write_npz(tmp_path / "test.npz", tiny["test"], tiny["labels"]), tiny["root"], capsys,
+                 "--n", N_TEST)
+    assert real["fd"] < 1e-6                          # the test set against itself
+    assert real["class_accuracy"] == real["accuracy_ceiling"] == pytest.approx(tiny["accuracy"])
+    assert real["coverage"] == pytest.approx(real["coverage_real"]) and real["coverage"] > 0.95
+    assert real["confidence"] == pytest.approx(real["confidence_real"])
+    assert real["dataset"] == "mnist" and real["n"] == N_TEST and real["script"] is None
+    assert real["n_test"] == N_TEST and real["n_floor"] == N_TEST and real["fd_floor"] > 0
+
+    # Training images are real data too: close to the floor (both are training vs test).
+    train = score(write_npz(tmp_path / "train.npz", tiny["train"][:N_TEST]), tiny["root"], capsys, "--n", N_TEST)
+    assert train["class_accuracy"] is None and train["n"] == N_TEST
+
+    rng = np.random.default_rng(0)
+    noise = score(write_npz(tmp_path / "noise.npz", rng.integers(0, 256, (N_TEST, 1, 28, 28), dtype=np.uint8)),
+                  tiny["root"], capsys, "--n", N_TEST)
+    assert noise["fd"] > 20 * max(noise["fd_floor"], train["fd"])
+    assert train["fd"] < 3 * train["fd_floor"]
+
+
+def test_class_accuracy_follows_the_labels_and_coverage_sees_a_collapse(tiny, tmp_path, capsys):
+    shifted = score(write_npz(tmp_path / "shifted.npz", tiny["test"], (tiny["labels"] + 1) % 10), tiny["root"],
+                    capsys, "--n", N_TEST)
+    assert shifted["class_accuracy"] < 0.1 < 0.9 < shifted["accuracy_ceiling"]
+    threes = tiny["test"][tiny["labels"] == 3]
+    collapsed = score(write_npz(tmp_path / "threes.npz", threes, np.full(len(threes), 3)), tiny["root"], capsys,
+                      "--n", len(threes))
+    assert collapsed["coverage"] < 0.1 and collapsed["class_accuracy"] > 0.9
+    # --n takes the first n images
+    first = score(write_npz(tmp_path / "more.npz", tiny["test"], tiny["labels"]), tiny["root"], capsys, "--n", 30)
+    assert first["n"] == 30 and first["n_floor"] == 30
+
+
+def test_images_of_another_size_are_resized_like_the_real_ones(tiny, tmp_path, capsys):
+    """A run with --img-size 32 trained on MNIST resized to 32: its own test images at 32x32,
+    resized back, must match the test set that went through the same round trip."""
+    test32 = evaluate.resize(tiny["test"], 32)
+    assert test32.shape == (N_TEST, 1, 32, 32) and test32.dtype == torch.uint8
+    result = score(write_npz(tmp_path / "test32.npz", test32, tiny["labels"]), tiny["root"], capsys, "--n", N_TEST)
+    assert result["image_size"] == 32 and result["fd"] < 1e-6
+    assert "resizing the 32x32 samples to 28x28" in result["_stderr"]
+
+
+def test_the_table_shows_every_number(tiny, tmp_path, capsys):
+    npz = write_npz(tmp_path / "test.npz", tiny["test"], tiny["labels"])
+    assert run_inprocess(evaluate.main, [npz, "--data-root", tiny["root"], "--n", 100]) == 0
+    out = capsys.readouterr().out
+    for row in ("FD", "class accuracy", "coverage", "confidence", "100 generated images", "mnist"):
+        assert row in out, row
+
+
+def test_the_classifier_trains_on_first_use_then_comes_from_the_cache(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST", n_train=64, n_test=40)
+    npz = write_npz(tmp_path / "s.npz", np.zeros((20, 1, 28, 28), np.uint8))
+    assert run_inprocess(evaluate.main, [npz, "--data-root", root, "--n", 20]) == 0
+    assert "training the mnist classifier" in capsys.readouterr().err
+    cache = evaluate.classifier_path(root, "mnist")
+    state = torch.load(cache, weights_only=True)
+    assert state["dataset"] == "mnist" and 0 <= state["test_accuracy"] <= 1 and "state_dict" in state
+    written = cache.read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again although the cache was there")
+    monkeypatch.setattr(evaluate, "train_classifier", refuse)
+    assert run_inprocess(evaluate.main, [npz, "--data-root", root, "--n", 20]) == 0
+    assert "training" not in capsys.readouterr().err and cache.read_bytes() == written
+    monkeypatch.undo()
+
+    cache.write_bytes(b"half a file")                 # an unreadable cache is trained afresh
+    assert run_inprocess(evaluate.main, [npz, "--data-root", root, "--n", 20]) == 0
+    assert "ignoring the cached classifier" in capsys.readouterr().err
+    assert torch.load(cache, weights_only=True)["dataset"] == "mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders: the scripts' own --generate
+# ---------------------------------------------------------------------------------------------
+def test_a_gan_run_folder_end_to_end_from_the_command_line(tiny, tmp_path):
+    run = tmp_path / "runs" / "gan"
+    assert run_inprocess(gan.main, ["--data-root", tiny["root"], "--max-steps", "1", "--out", run]) == 0
+    # No --data-root: the run's own is used. generated.npz is made by `gan.py --generate 50`.
+    result = run_subprocess("evaluate.py", run, "--n", "50", "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["script"] == "gan" and scores["n"] == 50 and scores["class_accuracy"] is None
+    assert scores["fd"] > scores["fd_floor"]          # one step of training: far from the data
+    assert "python gan.py --generate 50" in result.stderr
+    with np.load(run / "generated.npz") as npz:
+        assert npz["images"].shape == (50, 1, 28, 28) and npz["images"].dtype == np.uint8
+
+
+def test_a_run_folder_reuses_its_npz_until_the_checkpoint_is_newer(tiny, tmp_path, capsys, generate_inprocess):
+    run = tmp_path / "run"
+    assert run_inprocess(gan.main, ["--data-root", tiny["root"], "--max-steps", "1", "--out", run]) == 0
+    first = score(run, tiny["root"], capsys, "--n", "30", "--device", "cpu")
+    assert "python gan.py --generate 30" in first["_stderr"]
+    made = (run / "generated.npz").stat().st_mtime_ns
+    again = score(run, tiny["root"], capsys, "--n", "20")          # 30 >= 20: no new samples
+    assert (run / "generated.npz").stat().st_mtime_ns == made and again["n"] == 20
+    assert score(run / "checkpoint.pt", tiny["root"], capsys, "--n", "30")["fd"] == first["fd"]
+    later = made / 1e9 + 5                                          # training went on since
+    os.utime(run / "checkpoint.pt", (later, later))
+    assert "older than checkpoint.pt" in score(run, tiny["root"], capsys, "--n", "30")["_stderr"]
+    assert (run / "generated.npz").stat().st_mtime_ns != made
+    # Asking for more than the npz holds generates again, with the number asked for.
+    assert score(run, tiny["root"], capsys, "--n", "40")["n"] == 40
+    with np.load(run / "generated.npz") as npz:
+        assert len(npz["images"]) == 40
+
+
+CONDITIONAL = {"cgan", "acgan"}
+NARROW = {"dcgan": ["--width", "8"], "acgan": ["--width", "8"]}   # the convolutional ones, made cheap
+
+
+@pytest.mark.parametrize("script", ["cgan", "acgan", "wgan", "wgan_gp", "dcgan"])
+def test_every_script_s_run_folder_is_scored(script, tiny, tmp_path, capsys, generate_inprocess):
+    if not (ROOT / f"{script}.py").is_file():
+        pytest.skip(f"{script}.py is not written yet")
+    module = importlib.import_module(script)
+    flags = ["--data-root", tiny["root"], "--max-steps", "1", "--batch-size", "16", "--out", tmp_path / "run"]
+    assert run_inprocess(module.main, flags + NARROW.get(script, [])) == 0
+    result = score(tmp_path / "run", tiny["root"], capsys, "--n", "20", "--device", "cpu")
+    assert result["script"] == script and result["n"] == 20
+    assert (result["class_accuracy"] is not None) == (script in CONDITIONAL)
+    with np.load(tmp_path / "run" / "generated.npz") as npz:
+        assert npz["images"].dtype == np.uint8 and len(npz["images"]) == 20
+        if script in CONDITIONAL:
+            assert list(npz["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2
+# ---------------------------------------------------------------------------------------------
+def test_bad_input_gives_one_line_and_exit_2(tiny, tmp_path, capsys, generate_inprocess):
+    (tmp_path / "empty").mkdir()
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (30, 1, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "no_images.npz", samples=grey)
+    write_npz(tmp_path / "rgb.npz", rng.integers(0, 256, (30, 3, 28, 28), dtype=np.uint8))
+    write_npz(tmp_path / "oblong.npz", rng.integers(0, 256, (30, 1, 28, 20), dtype=np.uint8))
+    write_npz(tmp_path / "float.npz", grey.astype(np.float32) / 255)
+    write_npz(tmp_path / "flat.npz", grey.reshape(30, 784))
+    write_npz(tmp_path / "grey.npz", grey)
+    write_npz(tmp_path / "bad_labels.npz", grey, np.arange(30) + 5)
+    write_npz(tmp_path / "short_labels.npz", grey, np.arange(10))
+    (tmp_path / "corrupt.npz").write_bytes(b"not an npz")
+    (tmp_path / "corrupt_run").mkdir()
+    (tmp_path / "corrupt_run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "alien_run").mkdir()
+    torch.save({"script": "stylegan", "args": {"dataset": "mnist"}}, tmp_path / "alien_run" / "checkpoint.pt")
+    fake_run = tmp_path / "fake_run"
+    assert run_inprocess(gan.main, ["--dataset", "fake", "--max-steps", "1", "--out", fake_run]) == 0
+    capsys.readouterr()
+    root = ["--data-root", tiny["root"]]
+    cases = [
+        ([tmp_path / "missing"], "does not exist"),
+        ([tmp_path / "empty"], "neither generated.npz nor checkpoint.pt"),
+        ([tmp_path / "no_images.npz"], "has no 'images' array"),
+        ([tmp_path / "corrupt.npz"], "cannot be read as an .npz"),
+        ([tmp_path / "rgb.npz", "--n", "30", *root], "3 channel(s)"),
+        ([tmp_path / "oblong.npz", "--n", "30", *root], "28x20"),
+        ([tmp_path / "float.npz", "--n", "30"], "must be uint8"),
+        ([tmp_path / "flat.npz", "--n", "30"], "must be uint8 (N, C, H, W)"),
+        ([tmp_path / "grey.npz", *root], "holds 30 images, fewer than --n 10000"),
+        ([tmp_path / "grey.npz", "--n", "31"], "fewer than --n 31"),
+        ([tmp_path / "grey.npz", "--n", "1"], "--n must be at least 2"),
+        ([tmp_path / "bad_labels.npz", "--n", "30", *root], "labels run from 5 to 34"),
+        ([tmp_path / "short_labels.npz", "--n", "30"], "labels must be integers (N,)"),
+        ([tmp_path / "grey.npz", "--n", "30", "--dataset", "cifar10"], "no yardstick for cifar10"),
+        ([fake_run], "no yardstick for fake"),
+        ([fake_run, "--dataset", "mnist"], "the run trained on fake, not --dataset mnist"),
+        ([tmp_path / "corrupt_run"], "cannot be read"),
+        ([tmp_path / "alien_run", "--n", "5"], "written by stylegan.py, which is not in"),
+        ([tmp_path / "grey.npz", "--device", "tpu"], "tpu"),
+    ]
+    for argv, expected in cases:
+        code = run_inprocess(evaluate.main, argv)
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (fake_run / "generated.npz").exists()     # refused before generating anything
+
+
+def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path):
+    result = run_subprocess("evaluate.py", tmp_path / "nothing")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"evaluate.py: error: {tmp_path / 'nothing'} does not exist"
