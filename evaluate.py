@@ -3,9 +3,9 @@ classifier trained once on the dataset's training set.
 
 For N generated images (default 10000) it prints:
 - FD, the Frechet distance between the generated images and the 10000 test images, measured in
-  the classifier's 128-d penultimate features (FID's recipe with a yardstick made for digits
-  instead of Inception), and beside it the real-data floor: N training images against the same
-  test set, what a perfect generator would score with that many samples. Lower is better.
+  the classifier's 128-d penultimate features (FID's recipe, with a network trained on this
+  dataset instead of Inception), and beside it the real-data floor: N training images against
+  the same test set, what a perfect generator would score with that many samples. Lower is better.
 - class accuracy (conditional runs: cgan, acgan): how often the classifier names the class each
   image was conditioned on; the classifier's accuracy on the test set is the ceiling.
 - coverage: the entropy of the predicted-class histogram divided by log(n_classes); 1.0 means
@@ -21,7 +21,7 @@ For N generated images (default 10000) it prints:
 A run folder's samples come from `python <script>.py --generate N --resume RUN/checkpoint.pt`,
 run for you when generated.npz is missing, holds fewer than N images, or is older than the
 checkpoint. The classifier (MNIST and Fashion-MNIST only: for other datasets there is no
-yardstick here) trains on first use, seeded, in about a minute on 2 CPU cores, and is cached as
+yardstick here) trains on first use, seeded, in 1-2 minutes on 2 CPU cores, and is cached as
 <data-root>/evaluate_classifier_<dataset>.pt. Images of another size (a run with --img-size 32)
 are resized to 28x28 with antialiasing, and the real images get the same 28 -> 32 -> 28 round
 trip, so the resizing's blur counts for neither side.
@@ -51,7 +51,7 @@ SCRIPT_DIR = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="evaluate.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="evaluate.py",
         description="Score a GAN's samples: Frechet distance, class accuracy, coverage, confidence.")
     add = parser.add_argument
     add("source", metavar="RUN_DIR_OR_NPZ",
@@ -60,8 +60,9 @@ def parse_args(argv=None):
         help="the data the run trained on (default: the run's own, else mnist)")
     add("--data-root", default=None,
         help="where the dataset lives; the classifier is cached there (default: the run's own, else data)")
-    add("--n", type=common.positive_int, default=10000, help="how many generated images to score")
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (also passed to --generate)")
+    add("--n", type=common.positive_int, default=10000, help="how many generated images to score (default: 10000)")
+    add("--device", default="auto",
+        help="auto (the default: cuda when present), cpu, cuda, cuda:N or mps; also passed to --generate")
     add("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     if args.n < 2:
@@ -192,7 +193,7 @@ def get_classifier(dataset, data_root, train, test, device):
     cached = load_classifier(path, dataset, train.shape[0], train.n_classes, device)
     if cached:
         return cached
-    note(f"training the {dataset} classifier (once; about a minute on 2 CPU cores) ...")
+    note(f"training the {dataset} classifier (once; 1-2 minutes on 2 CPU cores) ...")
     start = time.perf_counter()
     classifier = train_classifier(train.images, train.labels, train.n_classes)
     test_accuracy = accuracy(classify(classifier, test.images)[1], test.labels)

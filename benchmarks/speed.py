@@ -156,7 +156,8 @@ def build_acgan(acgan, args, shape, n_classes, device):
         loss_d.backward()
         opt_d.step()
         g_logits, g_class_logits = discriminator(fake_images)
-        loss_g = acgan.bce(g_logits, torch.ones(batch_size, 1, device=device)) + acgan.class_loss(g_class_logits, fake_labels)
+        loss_g = (acgan.bce(g_logits, torch.ones(batch_size, 1, device=device))
+                  + acgan.class_loss(g_class_logits, fake_labels))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -193,7 +194,8 @@ def critic_step(module, args, shape, device, optimisers, penalty):
 
 def build_wgan(wgan, args, shape, n_classes, device):
     def rmsprop(generator, critic):
-        return torch.optim.RMSprop(generator.parameters(), lr=args.lr), torch.optim.RMSprop(critic.parameters(), lr=args.lr)
+        return (torch.optim.RMSprop(generator.parameters(), lr=args.lr),
+                torch.optim.RMSprop(critic.parameters(), lr=args.lr))
     return critic_step(wgan, args, shape, device, rmsprop, penalty=False)
 
 
@@ -246,7 +248,8 @@ def conventional(name, module, args, data, options, device):
     from torchvision import transforms
     common.seed_everything(0)
     step = BUILDERS[name](module, args, data.shape, data.n_classes, device)
-    dataset_class = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST}[args.dataset]
+    dataset_class = {"mnist": torchvision.datasets.MNIST,
+                     "fashion-mnist": torchvision.datasets.FashionMNIST}[args.dataset]
     dataset = dataset_class(options.data_root, train=True, download=False, transform=transforms.Compose([
         transforms.Resize(args.img_size), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -266,7 +269,8 @@ def script_speed(name, args, options, device, workdir):
     """Run the script itself; the images/s of each --log-every chunk after the warm-up, from its
     progress lines (each gives the rate since the previous one)."""
     command = [sys.executable, str(ROOT / f"{name}.py"), "--device", options.device, "--dataset", args.dataset,
-               "--data-root", str(Path(options.data_root).resolve()), "--max-steps", str(options.warmup + options.steps),
+               "--data-root", str(Path(options.data_root).resolve()),
+               "--max-steps", str(options.warmup + options.steps),
                "--log-every", str(options.chunk), "--out", str(Path(workdir) / name)]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(options.threads)} if options.threads else {})}
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -316,9 +320,10 @@ def main(argv=None):
                             "script": script_speed(n, args, options, device, f"{workdir}/{round_}")}
                 for what, chunk_rates in measured.items():
                     rates[n][what] += chunk_rates
-                print(f"round {round_ + 1}/{options.repeat} {n}, img/s per chunk of {options.chunk} steps: " + "; ".join(
-                    f"{what} " + " ".join(f"{r:,.0f}" for r in chunk_rates) for what, chunk_rates in measured.items()),
-                    file=sys.stderr, flush=True)
+                chunks = "; ".join(f"{what} " + " ".join(f"{r:,.0f}" for r in chunk_rates)
+                                   for what, chunk_rates in measured.items())
+                print(f"round {round_ + 1}/{options.repeat} {n}, img/s per chunk of {options.chunk} steps: {chunks}",
+                      file=sys.stderr, flush=True)
     print(table(rates, script_args, options, device))
 
 
