@@ -16,6 +16,7 @@ has no meaning for a critic (there are no targets to smooth), so it is not offer
     python wgan.py --resume                        # continue the newest run
     python wgan.py --generate 10000 --resume runs/wgan/checkpoint.pt
 """
+import math
 import random
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def main(argv=None):
         generator.train()
 
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = steps_per_epoch * args.epochs if args.max_steps is None else min(args.max_steps, steps_per_epoch * args.epochs)
+    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
     # wasserstein = mean(D(real)) - mean(D(fake)), the critic's distance estimate: the curve to
     # watch (it should fall as G improves).
     log = common.LossLog(run_dir, ["loss_critic", "loss_g", "wasserstein"], step, last_step, args.batch_size)

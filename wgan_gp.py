@@ -17,6 +17,7 @@ a critic (there are no targets to smooth), so it is not offered.
     python wgan_gp.py --resume                     # continue the newest run
     python wgan_gp.py --generate 10000 --resume runs/wgan_gp/checkpoint.pt
 """
+import math
 import random
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def main(argv=None):
         generator.train()
 
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = steps_per_epoch * args.epochs if args.max_steps is None else min(args.max_steps, steps_per_epoch * args.epochs)
+    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
     # wasserstein = mean(D(real)) - mean(D(fake)), the critic's distance estimate: the curve to
     # watch (it should fall as G improves).
     log = common.LossLog(run_dir, ["loss_critic", "loss_g", "wasserstein", "penalty"], step, last_step, args.batch_size)
