@@ -151,7 +151,9 @@ def build_acgan(acgan, args, shape, n_classes, device):
         real_logits, real_class_logits = discriminator(real_images)
         fake_logits, fake_class_logits = discriminator(fake_images.detach())
         loss_d = (acgan.bce(real_logits, real_targets) + acgan.class_loss(real_class_logits, real_labels)
-                  + acgan.bce(fake_logits, fake_targets) + acgan.class_loss(fake_class_logits, fake_labels))
+                  + acgan.bce(fake_logits, fake_targets))
+        if args.fake_class_loss:
+            loss_d = loss_d + acgan.class_loss(fake_class_logits, fake_labels)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()

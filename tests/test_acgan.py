@@ -114,18 +114,22 @@ def test_class_loss_is_cross_entropy_on_logits():
     assert abs(acgan.class_loss(uniform, labels).item() - np.log(10)) < 1e-5
 
 
-def test_label_tricks_change_the_realness_targets_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fake_class_loss", [False, True])
+def test_label_tricks_change_the_realness_targets_only(tmp_path, monkeypatch, fake_class_loss):
     """With label exchange certain and smoothing on, D's BCE targets are swapped and smoothed,
-    while the class targets stay the real batch's labels and the labels G was given."""
-    bce_targets, class_targets, generated = [], [], []
+    while the class targets stay the real batch's labels and the labels G was given. D's class
+    head learns from G's images only with --fake-class-loss (the paper's loss)."""
+    bce_targets, class_targets, generated, order = [], [], [], []
     bce, class_loss, g_forward = acgan.bce, acgan.class_loss, acgan.Generator.forward
 
     def record_bce(logits, targets):
         bce_targets.append(targets.clone())
+        order.append("bce")
         return bce(logits, targets)
 
     def record_class_loss(logits, labels):
         class_targets.append(labels.clone())
+        order.append("class")
         return class_loss(logits, labels)
 
     def record_g(self, z, labels):
@@ -135,8 +139,9 @@ def test_label_tricks_change_the_realness_targets_only(tmp_path, monkeypatch):
     monkeypatch.setattr(acgan, "bce", record_bce)
     monkeypatch.setattr(acgan, "class_loss", record_class_loss)
     monkeypatch.setattr(acgan.Generator, "forward", record_g)
-    assert run_inprocess(acgan.main, FAST + ["--max-steps", "1", "--label-exchange", "1",
-                                             "--label-smoothing", "0.5", "--out", tmp_path / "run"]) == 0
+    flags = ["--fake-class-loss"] if fake_class_loss else []
+    assert run_inprocess(acgan.main, FAST + flags + ["--max-steps", "1", "--label-exchange", "1",
+                                                     "--label-smoothing", "0.5", "--out", tmp_path / "run"]) == 0
     args = acgan.parse_args(["--dataset", "fake"])[0]
     _, real_labels = next(common.load_data(args, torch.device("cpu")).batches(32, epoch=0, seed=0))
     fake_labels = generated[0]
@@ -145,10 +150,13 @@ def test_label_tricks_change_the_realness_targets_only(tmp_path, monkeypatch):
     assert torch.all(bce_targets[0] == 0)
     assert torch.all((bce_targets[1] >= 0.5) & (bce_targets[1] <= 1)) and bce_targets[1].std() > 0
     assert torch.all(bce_targets[2] == 1)
-    # Class targets: the true labels of the real batch, the labels the fakes were made from.
-    assert len(class_targets) == 3 and torch.equal(class_targets[0], real_labels)
-    assert torch.equal(class_targets[1], fake_labels) and torch.equal(class_targets[2], fake_labels)
-    assert class_targets[0].dtype == torch.long
+    # Class targets: the true labels of the real batch, the labels the fakes were made from
+    # (in D's step only with --fake-class-loss; always in G's step).
+    d_step = ["bce", "class", "bce"] + (["class"] if fake_class_loss else [])
+    assert order == d_step + ["bce", "class"]
+    assert len(class_targets) == (3 if fake_class_loss else 2)
+    assert torch.equal(class_targets[0], real_labels) and class_targets[0].dtype == torch.long
+    assert all(torch.equal(targets, fake_labels) for targets in class_targets[1:])
 
 
 def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
