@@ -9,9 +9,11 @@ gradients of norm at most 1, and the optimal critic has norm exactly 1 on the li
 real and generated images, so the penalty lambda * mean((||grad D(x_hat)||_2 - 1)^2) is taken
 at random points x_hat on those lines (see gradient_penalty). No weight clipping, and no
 BatchNorm in the critic: the penalty is per image, and BatchNorm would make each image's score
-depend on the rest of the batch. Adam works again; the defaults are the authors' MNIST
-settings: lr 1e-4, betas (0.5, 0.9), lambda 10, n_critic 5. Label smoothing has no meaning for
-a critic (there are no targets to smooth), so it is not offered.
+depend on the rest of the batch. Adam works again, with the authors' MNIST betas (0.5, 0.9),
+lambda 10 and n_critic 5. The learning rate is 2e-4, twice theirs (1e-4, which their
+convolutional networks ran for 200,000 G steps): with these MLPs and 20 MNIST epochs (3,748 G
+steps) it was measured better, digit coverage 0.990 against 0.979 (README, Results). Label
+smoothing has no meaning for a critic (there are no targets to smooth), so it is not offered.
 
     python wgan_gp.py --epochs 50                  # MNIST, grids and checkpoints in runs/wgan_gp
     python wgan_gp.py --resume                     # continue the newest run
@@ -33,7 +35,7 @@ def parse_args(argv=None):
         "--label-exchange P: with probability P a critic step swaps the real and fake batches. "
         "There is no --label-smoothing: the critic outputs an unbounded score, not a probability "
         "trained towards targets, so there is no target to smooth.",
-        img_size=28, batch_size=64, epochs=50, lr=1e-4, latent_dim=100, smoothing=False)
+        img_size=28, batch_size=64, epochs=50, lr=2e-4, latent_dim=100, smoothing=False)
     parser.add_argument("--n-critic", type=common.positive_int, default=5,
                         help="critic steps per generator step (counted over the whole run)")
     parser.add_argument("--lambda-gp", type=common.positive_float, default=10.0, metavar="LAMBDA",
