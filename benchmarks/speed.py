@@ -10,6 +10,8 @@ For every script at its defaults (batch size, image size, widths, n_critic ...) 
 - conventional: that same step fed the way most GAN repositories feed it (PyTorch-GAN,
   pytorch/examples): torchvision's MNIST dataset and a DataLoader, each image decoded to PIL and
   put through Resize, ToTensor and Normalize one by one, every step.
+- unfused (with --unfused): the model limit again, with PyTorch's default Adam in place of the
+  scripts' fused=True one: what the fused optimiser step gains (wgan's RMSprop is not fused).
 A step is one batch, one discriminator (critic) update: in wgan/wgan_gp a generator update comes
 every n_critic steps, in the others every step; images/s = steps x batch size / seconds.
 
@@ -64,6 +66,8 @@ def parse_args(argv=None):
     add("--threads", type=int, default=0, help="CPU threads for all three measurements (0: torch's default)")
     add("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
     add("--data-root", default="data", help="where the dataset lives (torchvision's layout)")
+    add("--unfused", action="store_true",
+        help="also time the model limit with PyTorch's default (unfused) Adam: what fused=True gains")
     add("--workers", type=int, default=0,
         help="DataLoader workers of the conventional pipeline (0: PyTorch-GAN's default)")
     return parser.parse_args(argv)
@@ -74,14 +78,16 @@ def parse_args(argv=None):
 # taken from the script itself). build_<script>(module, args, shape, n_classes, device) returns
 # step(real_images, real_labels). Keep them in step with the scripts' loops.
 # ---------------------------------------------------------------------------------------------
-def adam_pair(generator, discriminator, lr, betas=(0.5, 0.999)):
-    return (torch.optim.Adam(generator.parameters(), lr=lr, betas=betas),
-            torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas))
+def adam_pair(generator, discriminator, args, betas=(0.5, 0.999)):
+    """The scripts' Adam (fused); args.unfused_adam (only --unfused) gives PyTorch's default instead."""
+    fused = not getattr(args, "unfused_adam", False)
+    return (torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas, fused=fused or None),
+            torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas, fused=fused or None))
 
 
 def bce_step(module, generator, discriminator, args, device):
     """gan.py and dcgan.py: D on real and detached fakes, then G with the non-saturating loss."""
-    opt_g, opt_d = adam_pair(generator, discriminator, args.lr)
+    opt_g, opt_d = adam_pair(generator, discriminator, args)
 
     def step(real_images, real_labels):
         batch_size = real_images.size(0)
@@ -115,7 +121,7 @@ def build_dcgan(dcgan, args, shape, n_classes, device):
 def build_cgan(cgan, args, shape, n_classes, device):
     generator = cgan.Generator(args.latent_dim, n_classes, shape).to(device)
     discriminator = cgan.Discriminator(n_classes, shape).to(device)
-    opt_g, opt_d = adam_pair(generator, discriminator, args.lr)
+    opt_g, opt_d = adam_pair(generator, discriminator, args)
 
     def step(real_images, real_labels):
         batch_size = real_images.size(0)
@@ -139,7 +145,7 @@ def build_cgan(cgan, args, shape, n_classes, device):
 def build_acgan(acgan, args, shape, n_classes, device):
     generator = acgan.Generator(args.latent_dim, n_classes, shape, args.width).to(device)
     discriminator = acgan.Discriminator(n_classes, shape, args.width).to(device)
-    opt_g, opt_d = adam_pair(generator, discriminator, args.lr)
+    opt_g, opt_d = adam_pair(generator, discriminator, args)
 
     def step(real_images, real_labels):
         batch_size = real_images.size(0)
@@ -202,7 +208,7 @@ def build_wgan(wgan, args, shape, n_classes, device):
 
 
 def build_wgan_gp(wgan_gp, args, shape, n_classes, device):
-    return critic_step(wgan_gp, args, shape, device, lambda g, c: adam_pair(g, c, args.lr, betas=(0.5, 0.9)),
+    return critic_step(wgan_gp, args, shape, device, lambda g, c: adam_pair(g, c, args, betas=(0.5, 0.9)),
                        penalty=True)
 
 
@@ -236,9 +242,10 @@ def timed(step, batches, options, batch_size, device):
     return rates
 
 
-def model_limit(name, module, args, data, options, device):
+def model_limit(name, module, args, data, options, device, unfused_adam=False):
     """The script's step on one batch already on the device, over and over."""
     common.seed_everything(0)
+    args = argparse.Namespace(**vars(args), unfused_adam=unfused_adam)
     step = BUILDERS[name](module, args, data.shape, data.n_classes, device)
     batch = next(data.batches(args.batch_size, epoch=0, seed=0))
     return timed(step, itertools.repeat(batch), options, args.batch_size, device)
@@ -309,7 +316,7 @@ def main(argv=None):
     # Each script's defaults, as its own parser gives them, with this run's data flags.
     script_args = {n: modules[n].parse_args(["--dataset", options.dataset, "--data-root", options.data_root])[0]
                    for n in names}
-    data, rates = {}, {n: {"script": [], "limit": [], "conventional": []} for n in names}
+    data, rates = {}, {n: {"script": [], "limit": [], "conventional": [], "unfused": []} for n in names}
     with tempfile.TemporaryDirectory(prefix="speed_") as workdir:
         for round_ in range(options.repeat):
             for n in names:
@@ -320,6 +327,8 @@ def main(argv=None):
                 measured = {"limit": model_limit(n, modules[n], args, data[key], options, device),
                             "conventional": conventional(n, modules[n], args, data[key], options, device),
                             "script": script_speed(n, args, options, device, f"{workdir}/{round_}")}
+                if options.unfused:
+                    measured["unfused"] = model_limit(n, modules[n], args, data[key], options, device, True)
                 for what, chunk_rates in measured.items():
                     rates[n][what] += chunk_rates
                 chunks = "; ".join(f"{what} " + " ".join(f"{r:,.0f}" for r in chunk_rates)
@@ -337,12 +346,15 @@ def table(rates, script_args, options, device):
              f"conventional: DataLoader, {options.workers} workers"]
     for summary, pick in (("best chunk", max), ("median chunk", statistics.median)):
         lines += ["", f"{'img/s, ' + summary:22} {'batch':>5}  {'script':>8} {'limit':>8} {'convent.':>8}"
-                      f"  {'script/limit':>12} {'script/conv.':>12}"]
+                      f"  {'script/limit':>12} {'script/conv.':>12}"
+                      + (f"  {'unfused':>8} {'limit/unfused':>13}" if options.unfused else "")]
         for n, measured in rates.items():
             script, limit, conv = (pick(measured[w]) for w in ("script", "limit", "conventional"))
             flag = "  below the 0.9x target" if script / limit < 0.9 and device.type == "cpu" else ""
             lines.append(f"{n:22} {script_args[n].batch_size:>5}  {script:>8,.0f} {limit:>8,.0f} {conv:>8,.0f}"
-                         f"  {script / limit:>11.2f}x {script / conv:>11.2f}x{flag}")
+                         f"  {script / limit:>11.2f}x {script / conv:>11.2f}x"
+                         + (f"  {pick(measured['unfused']):>8,.0f} {limit / pick(measured['unfused']):>12.2f}x"
+                            if options.unfused else "") + flag)
     return "\n".join(lines)
 
 

@@ -1,0 +1,35 @@
+"""benchmarks/speed.py runs end to end (scripts, model limit, conventional DataLoader, unfused Adam)
+on a tiny MNIST written by the test, and prints a table with every measurement in it."""
+import re
+import sys
+
+from conftest import ROOT, run_inprocess
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import speed  # noqa: E402
+
+ROW = re.compile(r"^(\w+)\s+(\d+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)x\s+([\d.]+)x\s+([\d,]+)\s+([\d.]+)x")
+
+
+def test_benchmark_prints_every_measurement(mnist_root, capsys):
+    code = run_inprocess(speed.main, ["--device", "cpu", "--scripts", "gan", "wgan_gp", "--data-root", mnist_root,
+                                      "--steps", "4", "--warmup", "2", "--chunk", "2", "--threads", "1",
+                                      "--unfused"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = [ROW.match(line) for line in out.splitlines()]
+    rows = [r for r in rows if r]
+    assert [r[1] for r in rows] == ["gan", "wgan_gp"] * 2   # best-chunk table, then median-chunk table
+    for r in rows:
+        script, limit, conventional, unfused = (float(r[i].replace(",", "")) for i in (3, 4, 5, 8))
+        assert min(script, limit, conventional, unfused) > 0
+        assert abs(float(r[6]) - script / limit) < 0.01 and abs(float(r[9]) - limit / unfused) < 0.01
+    # each script's own progress lines were read: two timed chunks of 2 steps after the warm-up
+    assert re.search(r"^round 1/1 gan, .*; script [\d,]+ [\d,]+; unfused [\d,]+ [\d,]+$", err, re.M)
+
+
+def test_warmup_must_be_whole_chunks(mnist_root, capsys):
+    code = run_inprocess(speed.main, ["--device", "cpu", "--scripts", "gan", "--data-root", mnist_root,
+                                      "--steps", "4", "--warmup", "3", "--chunk", "2"])
+    assert code == 2
+    assert "--warmup must be a multiple of --chunk" in capsys.readouterr().err
