@@ -17,12 +17,16 @@ loss is F.cross_entropy. (2) Its prose says real targets are -1 and fake +1, whi
 valid BCE target; here real = 1 and fake = 0, with BCEWithLogitsLoss on a logit (no Sigmoid).
 Label smoothing and label exchange (flags) touch only the real/fake targets, never the classes.
 
-One change, measured: by default D's class head learns from real images only, as in Keras's
-ACGAN example. The paper (and the document) also train it on G's images with the labels G was
-given; early on those images are poor, D learns that G's 7-like 2s are 2s, and G is then
+Two changes, measured (README, Results). (1) D's class head learns from real images only, as in
+Keras's ACGAN example. The paper (and the document) also train it on G's images with the labels
+G was given; early on those images are poor, D learns that G's 7-like 2s are 2s, and G is then
 rewarded for drawing them: the confusion feeds itself. At 5 MNIST epochs an MNIST classifier
-agreed with the requested class 98.2% of the time with the default and 91.9% with the paper's
-loss (85.7% at --width 32). --fake-class-loss gives the paper's loss.
+agreed with the requested class 97.7% of the time with real-only class loss and 94.4% with the
+paper's (means over seeds 0, 1, 2); --fake-class-loss gives the paper's loss. (2) One-sided label
+smoothing 0.1 (the documents' trick and value) is on by default. Without it D's real/fake head
+wins outright after about 6 epochs (mean D(fake) near 0.01) and the samples get worse: FD 11.8,
+27.6 and 63.3 after 5, 10 and 20 epochs. With it: FD 17.3 and 98.5% after 10 epochs, and 98.0%
+after 5 (mean over the three seeds). --label-smoothing 0 turns it off.
 
 --width 128 at --img-size 64 is the document's network (it trains on 64x64 RGB images of two
 classes). The default, --width 16 at --img-size 32, is the same shape scaled down so that an
@@ -57,6 +61,9 @@ def parse_args(argv=None):
     parser.add_argument("--fake-class-loss", action="store_true",
                         help="also train D's class head on G's images, with the labels G was given, as the "
                              "paper does (off by default: it lets D learn G's mistakes; see the docstring)")
+    # One-sided label smoothing on by default here (the source documents' 0.1): without it D's
+    # real/fake head overpowers G after about 6 MNIST epochs and the samples get worse (README, Results).
+    parser.set_defaults(label_smoothing=0.1)
     parser.add_argument("--label", type=int, default=None, metavar="K",
                         help="with --generate: only class K (0-based); without it the labels cycle through the classes")
     given = parser.parse_args(argv)   # --label only makes sense when generating: refuse it early

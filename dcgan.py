@@ -11,8 +11,8 @@ Tanh output, LeakyReLU(0.2) in D; weights drawn from N(0, 0.02); Adam(2e-4, beta
 with batch 128. Each block doubles (G) or halves (D) the image side, so --img-size (16, 32, 64
 or 128; 64 is the paper's) sets the number of blocks. --width W is the channel count of the
 highest-resolution hidden block, doubling towards 4x4: 64, the paper's, by default. --width 32
-costs a quarter of the computation (an MNIST epoch in about 2 minutes on one CPU core instead
-of 6) but draws the digits less evenly after 5 epochs (README, Results). Grey or RGB follows the
+costs a quarter of the computation (an MNIST epoch in about 1 minute on one CPU core instead
+of 3) but draws the digits less evenly after 5 epochs (README, Results). Grey or RGB follows the
 dataset. One-sided label smoothing and label exchange are flags, as in gan.py.
 
     python dcgan.py                                # MNIST at 32x32, 25 epochs, runs/dcgan

@@ -159,6 +159,26 @@ def test_label_tricks_change_the_realness_targets_only(tmp_path, monkeypatch, fa
     assert all(torch.equal(targets, fake_labels) for targets in class_targets[1:])
 
 
+@pytest.mark.parametrize("flags, low", [([], 0.9), (["--label-smoothing", "0"], 1.0)])
+def test_real_targets_are_smoothed_by_0_1_by_default(tmp_path, monkeypatch, flags, low):
+    """acgan's default smooths D's real targets into [0.9, 1] (measured better, see the README);
+    --label-smoothing 0 gives the plain 1. Fake targets stay 0 either way."""
+    bce_targets = []
+    bce = acgan.bce
+
+    def record_bce(logits, targets):
+        bce_targets.append(targets.clone())
+        return bce(logits, targets)
+
+    monkeypatch.setattr(acgan, "bce", record_bce)
+    assert run_inprocess(acgan.main, FAST + flags + ["--max-steps", "1", "--out", tmp_path / "run"]) == 0
+    real_targets, fake_targets = bce_targets[0], bce_targets[1]
+    assert torch.all((real_targets >= low) & (real_targets <= 1))
+    assert (real_targets.min() < 0.93) if low < 1 else torch.all(real_targets == 1)
+    assert torch.all(fake_targets == 0)
+    assert load(tmp_path / "run" / "checkpoint.pt")["args"]["label_smoothing"] == (0.1 if low < 1 else 0.0)
+
+
 def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
     flags = ["--dataset", "fake", "--width", "8", "--epochs", "2", "--label-smoothing", "0.2",
              "--label-exchange", "0.3"]
