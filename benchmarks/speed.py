@@ -80,9 +80,9 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 def adam_pair(generator, discriminator, args, betas=(0.5, 0.999)):
     """The scripts' Adam (fused); args.unfused_adam (only --unfused) gives PyTorch's default instead."""
-    fused = not getattr(args, "unfused_adam", False)
-    return (torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas, fused=fused or None),
-            torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas, fused=fused or None))
+    fused = None if getattr(args, "unfused_adam", False) else True   # None: PyTorch picks (foreach)
+    return (torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas, fused=fused),
+            torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas, fused=fused))
 
 
 def bce_step(module, generator, discriminator, args, device):
