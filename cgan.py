@@ -1,73 +1,58 @@
-"""Conditional GAN: Mirza & Osindero, "Conditional Generative Adversarial Nets", 2014 (arXiv:1411.1784).
+"""Conditional GAN: Mirza and Osindero, "Conditional Generative Adversarial Nets", 2014 (arXiv:1411.1784).
 
-A GAN whose two networks are both told the class y. The generator G turns noise z and a class
-into an image of that class; the discriminator D judges whether an image is a real image *of
-that class*. A fake that looks real but does not match its label is rejected, so G has to
-follow the label, and after training we choose the class of every sample. The networks are the
-source document's (Keras-GAN's cgan): G multiplies z by a learned embedding of y and runs an
-MLP 256 -> 512 -> 1024 (LeakyReLU, then BatchNorm), D multiplies the flattened image by
-another embedding of y and runs an MLP 512 -> 512 -> 512 with Dropout, one logit. Losses and
-the two label tricks (flags) are gan.py's.
+Both networks are told the class y. G turns noise z and a class into an image of that class; D
+judges whether an image is a real image *of that class*, so a fake that looks real but does not
+match its label is rejected, and after training we choose the class of every sample. The networks
+are Keras-GAN's cgan: G multiplies z by a learned embedding of y and runs an MLP 256 -> 512 -> 1024;
+D multiplies the flattened image by another embedding of y and runs an MLP 512 x 3 with Dropout.
 
-    python cgan.py --epochs 50                        # MNIST, class-ordered grids in runs/cgan
-    python cgan.py --resume                           # continue the newest run
-    python cgan.py --generate 10000 --resume runs/cgan/checkpoint.pt   # labels cycle 0, 1, ..., 9
-    python cgan.py --generate 100 --label 7           # only sevens, from the newest run
+Where this file departs from the paper (a flag gives the paper's setting back):
+- The class multiplies the input (a learned per-unit gain) instead of being concatenated to it.
+- G minimises -log D(G(z, y), y), the non-saturating loss, not log(1 - D(G(z, y), y)).
+- --ema 0.999 and --lr-decay linear, as in gan.py; --label-smoothing and --label-exchange are off.
+
+    python cgan.py --epochs 50                # MNIST, one grid row per class, runs/cgan
+    python cgan.py --generate 10000           # labels cycle 0, 1, ..., 9; --label 7 for sevens only
+    python evaluate.py runs/cgan --curve      # FD and class accuracy for each snapshot
 """
-import math
 import random
-from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 import common
 
-GRID_COLUMNS = 10   # samples per class (per row) in the grids saved while training
-
 
 def parse_args(argv=None):
-    parser = common.build_parser("cgan", "Conditional GAN (MLP generator and discriminator, "
-                                 "both conditioned on the class).",
-                                 img_size=28, batch_size=64, epochs=50, lr=2e-4, latent_dim=100)
-    parser.add_argument("--label", type=int, default=None, metavar="K",
-                        help="with --generate: only class K (0-based); without it the labels cycle through the classes")
-    given = parser.parse_args(argv)   # --label only makes sense when generating: refuse it early
-    if given.label is not None and given.generate is None:
-        raise common.UserError("--label K chooses the class of generated samples: use it with --generate N")
-    return common.parse_args(parser, argv, generate_may_change=("label",))
+    parser = common.build_parser("cgan", "Conditional GAN (MLP generator and discriminator, both told the class).",
+                                 img_size=28, batch_size=64, epochs=50, lr=2e-4, conditional=True)
+    return common.parse_args(parser, argv)
 
 
 # ---------------------------------------------------------------------------------------------
-# Networks
+# Networks. The class enters both by multiplying the input by a learned embedding of the label:
+# every input unit is modulated by the class, so neither network can learn to ignore it.
 # ---------------------------------------------------------------------------------------------
-# How the class enters both networks: the source document *multiplies* a learned embedding of
-# the label into the input (noise for G, pixels for D). Each class becomes a learned per-unit
-# gain on the input: the input keeps its size and every input unit is modulated by the class,
-# so neither network can learn to ignore it. The paper itself, and most PyTorch ports,
-# *concatenate* the label (one-hot or embedding) to the input instead, which adds input units
-# that the first layer may weigh as little as it likes. Both work on MNIST; we keep the
-# document's choice.
 class Generator(nn.Module):
     """z (B, latent_dim) and labels (B,) -> image (B, C, H, W) in [-1, 1]."""
 
     def __init__(self, latent_dim, n_classes, image_shape):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        n_pixels = int(torch.tensor(image_shape).prod())
         self.label_embedding = nn.Embedding(n_classes, latent_dim)
 
         def block(n_in, n_out):
-            # Keras order (activation, then BatchNorm). Keras' momentum=0.8 weighs the *old*
-            # running average by 0.8; PyTorch's momentum weighs the *new* batch, hence 0.2.
+            # Keras order (activation, then BatchNorm). Keras' momentum 0.8 weighs the *old* running
+            # average by 0.8; PyTorch's momentum weighs the *new* batch, hence 0.2.
             return [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2), nn.BatchNorm1d(n_out, momentum=0.2)]
 
         self.net = nn.Sequential(
-            *block(latent_dim, 256),            # (B, 256)
-            *block(256, 512),                   # (B, 512)
-            *block(512, 1024),                  # (B, 1024)
-            nn.Linear(1024, n_pixels),          # (B, C*H*W)
-            nn.Tanh(),                          # images live in [-1, 1], like the data
+            *block(latent_dim, 256),                          # (B, 256)
+            *block(256, 512),                                 # (B, 512)
+            *block(512, 1024),                                # (B, 1024)
+            nn.Linear(1024, int(torch.tensor(image_shape).prod())),   # (B, C*H*W)
+            nn.Tanh(),                                        # images live in [-1, 1], like the data
         )
 
     def forward(self, z, labels):
@@ -97,14 +82,14 @@ class Discriminator(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
-def discriminator_targets(batch_size, smoothing, exchange, device):
-    """BCE targets for D's real and fake halves, with the source document's two tricks.
+bce = nn.BCEWithLogitsLoss()   # sigmoid + binary cross-entropy in one numerically stable op
 
-    One-sided label smoothing: real targets are drawn from [1 - smoothing, 1], so D is never
-    pushed to be certain; fake targets stay exactly 0 (smoothing them too would reward G's
-    fakes). Label exchange: with probability `exchange` the two are swapped for this step, a
-    small dose of wrong labels that keeps D from winning too fast. The class labels fed to
-    both networks are never touched."""
+
+def discriminator_targets(batch_size, smoothing, exchange, device):
+    """D's BCE targets for real and fake images: 1 and 0, with two optional tricks. One-sided label
+    smoothing draws real targets from [1 - smoothing, 1], so D is never pushed to certainty (fake
+    targets stay 0: smoothing them would reward G's fakes). Label exchange swaps the two with
+    probability `exchange`. The class labels given to both networks are never touched."""
     real_targets = 1 - smoothing * torch.rand(batch_size, 1, device=device)
     fake_targets = torch.zeros(batch_size, 1, device=device)
     if random.random() < exchange:   # a host-side coin: no GPU sync
@@ -112,170 +97,90 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
     return real_targets, fake_targets
 
 
-bce = nn.BCEWithLogitsLoss()   # sigmoid + binary cross-entropy in one numerically stable op
-
-
 # ---------------------------------------------------------------------------------------------
-# Class-ordered samples
+# The training step
 # ---------------------------------------------------------------------------------------------
-def class_ordered_samples(n_classes, columns, latent_dim, device):
-    """Fixed inputs for the grids: row k holds `columns` samples of class k. Every row uses the
-    same `columns` noise vectors, so a column shows one z drawn as each class in turn."""
-    noise = torch.randn(columns, latent_dim, device=device).repeat(n_classes, 1)      # (K*cols, latent)
-    labels = torch.arange(n_classes, device=device).repeat_interleave(columns)        # (K*cols,)
-    return noise, labels
+def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, args):
+    """One D update, then one G update, on a batch of real images and their labels. Returns the
+    values to log."""
+    batch_size, device = real_images.size(0), real_images.device
+
+    # Train D: (real image, its label) -> real_targets, (G's image, the label G was given) -> fake_targets
+    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
+    z = torch.randn(batch_size, args.latent_dim, device=device)
+    fake_labels = torch.randint(0, generator.label_embedding.num_embeddings, (batch_size,), device=device)
+    fake_images = generator(z, fake_labels)                          # (B, C, H, W)
+    real_logits = discriminator(real_images, real_labels)            # (B, 1)
+    fake_logits = discriminator(fake_images.detach(), fake_labels)   # detach: this update trains D only
+    loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # Train G: make D call G's images real images of their labels (target 1)
+    loss_g = bce(discriminator(fake_images, fake_labels), torch.ones(batch_size, 1, device=device))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+            "d_fake": fake_logits.sigmoid().mean()}
 
 
-def generated_labels(n, n_classes, label, device):
-    """Labels for --generate: class `label` only, or 0, 1, ..., K-1, 0, 1, ... (balanced)."""
-    if label is not None:
-        return torch.full((n,), label, dtype=torch.long, device=device)
-    return torch.arange(n, device=device) % n_classes
-
-
-def grid_columns(n_classes, label):
-    """Columns of generated.png: a multiple of the class count, so each column is one class."""
-    return 10 if label is not None else n_classes * max(1, 10 // n_classes)
-
-
-def check_classes(n_classes, args):
+def build(args, image_shape, n_classes, device):
+    """The networks and optimisers these flags describe."""
     if n_classes < 2:
-        raise common.UserError(f"--data-root {args.data_root} holds a single class; a conditional GAN needs "
-                               "at least 2 (one sub-folder of images per class)")
+        raise common.UserError(f"{args.data_root} holds a single class; a conditional GAN needs at least 2 "
+                               "(one sub-folder of images per class)")
+    generator = Generator(args.latent_dim, n_classes, image_shape).to(device)
+    discriminator = Discriminator(n_classes, image_shape).to(device)
+    # fused=True: the same Adam arithmetic in one kernel for all parameters (docs/speed.md)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    return generator, discriminator, opt_g, opt_d
+
+
+def load_generator(path, device="cpu"):
+    """The generator that made a run's grids (G's moving average), from its checkpoint.pt or a
+    generator_epoch_*.pt snapshot, in eval mode: load_generator(path)(torch.randn(10, 100), torch.arange(10))."""
+    saved = common.load_checkpoint(path, "cgan")
+    generator = Generator(saved["args"]["latent_dim"], saved["n_classes"], saved["image_shape"])
+    generator.load_state_dict(saved["sampler"])
+    return generator.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The recipe
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
     device = common.pick_device(args.device)
     common.seed_everything(args.seed)
+    if args.generate:   # no training: samples from a checkpoint or snapshot
+        return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    if args.generate:
-        n_classes = checkpoint["n_classes"]
-        if args.label is not None and not 0 <= args.label < n_classes:
-            raise common.UserError(f"--label {args.label}: the run's data has {n_classes} classes, "
-                                   f"0 to {n_classes - 1} ({', '.join(checkpoint['class_names'])})")
-        generator = Generator(args.latent_dim, n_classes, checkpoint["image_shape"]).to(device)
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        generator.eval()   # BatchNorm uses its running statistics, not this batch's
-        with torch.no_grad():
-            labels = generated_labels(args.generate, n_classes, args.label, device)
-            z = torch.randn(args.generate, args.latent_dim, device=device)
-            images = torch.cat([generator(z_chunk, label_chunk)
-                                for z_chunk, label_chunk in zip(z.split(1000), labels.split(1000))])
-        common.save_generated(args.out, images, labels, nrow=grid_columns(n_classes, args.label))
-        return
+    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
+    # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
+    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
+    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
+    decay = (lambda step: 1 - step / total_steps) if args.lr_decay == "linear" else (lambda step: 1.0)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
+    # The same inputs for every grid: row k shows class k, each column one z drawn as every class
+    fixed_noise = torch.randn(10, args.latent_dim, device=device).repeat(data.n_classes, 1)   # (K*10, latent)
+    fixed_labels = torch.arange(data.n_classes, device=device).repeat_interleave(10)            # (K*10,)
+    state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
+             "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
 
-    # Data: decoded once, batches are cut on the device. Loaded before the run folder is made,
-    # so a data error leaves nothing behind.
-    data = common.load_data(args, device)
-    check_classes(data.n_classes, args)
-    n_classes = data.n_classes
-    if checkpoint and checkpoint["n_classes"] != n_classes:
-        raise common.UserError(f"the data has {n_classes} classes; the run was trained on {checkpoint['n_classes']}")
-    run_dir = Path(args.out) if checkpoint else common.new_run_folder(args.out)
-    print(f"run folder: {run_dir}", flush=True)
-
-    # Networks and optimisers
-    generator = Generator(args.latent_dim, n_classes, data.shape).to(device)
-    discriminator = Discriminator(n_classes, data.shape).to(device)
-    # fused=True: the same Adam arithmetic in one kernel for all parameters instead of many small
-    # ops per tensor: 1.28x faster steps here on a CPU (README, Speed benchmark).
-    opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    # The same z and labels for every grid: one row per class
-    fixed_noise, fixed_labels = class_ordered_samples(n_classes, GRID_COLUMNS, args.latent_dim, device)
-    step = 0
-    if checkpoint:
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        common.load_weights(discriminator, checkpoint["discriminator"], "discriminator")
-        opt_g.load_state_dict(checkpoint["opt_g"])
-        opt_d.load_state_dict(checkpoint["opt_d"])
-        fixed_noise = checkpoint["fixed_noise"].to(device)
-        fixed_labels = checkpoint["fixed_labels"].to(device)
-        step = checkpoint["step"]
-        common.set_rng_state(checkpoint["rng"])
-        print(f"resumed at step {step} from {run_dir / 'checkpoint.pt'}")
-
-    def save_checkpoint():
-        common.save_checkpoint(run_dir / "checkpoint.pt", {
-            "script": "cgan", "args": vars(args), "step": step, "epoch": step // steps_per_epoch,
-            "image_shape": data.shape, "generator": generator.state_dict(),
-            "discriminator": discriminator.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "fixed_noise": fixed_noise,
-            "n_classes": n_classes, "fixed_labels": fixed_labels, "class_names": data.class_names,
-        })
-
-    def save_samples(name):
-        generator.eval()
-        with torch.no_grad():
-            common.save_grid(generator(fixed_noise, fixed_labels), run_dir / name, nrow=GRID_COLUMNS)
-        generator.train()
-
-    steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
-    log = common.LossLog(run_dir, ["loss_d", "loss_g", "d_real", "d_fake"], step, last_step, args.batch_size)
-    stop = common.StopRequest()
-    try:
-        for epoch in range(step // steps_per_epoch, args.epochs):
-            if step >= last_step:
-                break
-            batches = data.batches(args.batch_size, epoch, args.seed, skip=step % steps_per_epoch)
-            for real_images, real_labels in batches:
-                batch_size = real_images.size(0)
-
-                # ---------------------------------------------------------------------------
-                # Train the discriminator: (real image, its label) -> real_targets,
-                # (G's image, the label G was asked for) -> fake_targets
-                # ---------------------------------------------------------------------------
-                real_targets, fake_targets = discriminator_targets(
-                    batch_size, args.label_smoothing, args.label_exchange, device)
-                z = torch.randn(batch_size, args.latent_dim, device=device)
-                fake_labels = torch.randint(0, n_classes, (batch_size,), device=device)
-                fake_images = generator(z, fake_labels)                          # (B, C, H, W)
-                real_logits = discriminator(real_images, real_labels)            # (B, 1)
-                # The fakes are judged with the labels they were generated from: D must learn
-                # "a real image of this class", and G gets credit only for matching its label.
-                fake_logits = discriminator(fake_images.detach(), fake_labels)   # detach: D only
-                loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-
-                # ---------------------------------------------------------------------------
-                # Train the generator: make D call the fakes real images of their labels (target 1)
-                # ---------------------------------------------------------------------------
-                loss_g = bce(discriminator(fake_images, fake_labels), torch.ones(batch_size, 1, device=device))
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-
-                step += 1
-                log.update(loss_d, loss_g, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean())
-                if step % args.log_every == 0:
-                    log.write(step, epoch, args.epochs)
-                if args.sample_every and step % args.sample_every == 0:
-                    save_samples(f"step_{step:07d}.png")
-                if step >= last_step or stop.requested:
+    with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise, fixed_labels), nrow=10) as run:
+        for epoch in run.epochs():
+            for real_images, real_labels in run.batches(epoch):
+                logged = train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, args)
+                ema.update_parameters(generator)
+                for schedule in schedules:
+                    schedule.step()
+                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
                     break
-
-            # End of the epoch (or of the run): log, grid, checkpoint
-            log.write(step, epoch, args.epochs)   # stops the run on NaN, before the checkpoint
-            if step % steps_per_epoch == 0:
-                save_samples(f"epoch_{epoch + 1:03d}.png")
-                common.save_progress_gif(run_dir)
-            else:
-                save_samples(f"step_{step:07d}.png")
-            save_checkpoint()
-            log.start_clock(step)
-            if stop.requested:
-                print(f"stopped at step {step}; continue with: python cgan.py --resume {run_dir / 'checkpoint.pt'}")
-                break
-    finally:
-        stop.close()
-    print(f"done: {step} steps; samples, losses.csv and checkpoint.pt in {run_dir}")
+            run.end_epoch(epoch)   # grid, snapshot, checkpoint
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Plumbing for the GAN scripts (flags, data, device, seeds, run folders, checkpoints, grids, log); no model."""
+"""Plumbing shared by the GAN scripts: flags, data, checkpoints, --generate, and class Run (the run's
+folder and bookkeeping around the training step). No model and no training step lives here."""
 import argparse
 import math
 import os
@@ -6,6 +7,7 @@ import random
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from torchvision.datasets.utils import check_integrity
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 from torchvision.utils import save_image
 
@@ -23,7 +26,6 @@ class UserError(Exception):
 
 
 def run_main(main, argv=None):
-    """Call main(argv); report a UserError as argparse does (one line, exit 2), never a traceback."""
     try:
         main(argv)
     except UserError as error:
@@ -33,8 +35,7 @@ def run_main(main, argv=None):
 
 # --- Flags -------------------------------------------------------------------------------------
 def _number(kind, ok, rule):
-    """An argparse type: kind(text) must satisfy ok(value), else argparse reports `rule`."""
-    def parse(text):
+    def parse(text):   # an argparse type: a bad value gets argparse's own one-line error
         try:
             value = kind(text)
         except ValueError:
@@ -48,75 +49,94 @@ def _number(kind, ok, rule):
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
 probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
-smoothing_amount = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-def build_parser(script, description, *, img_size=28, batch_size=64, epochs=50, lr=2e-4, latent_dim=100,
-                 smoothing=True):
-    """The flags every script shares; the script adds its own before parsing."""
-    parser = argparse.ArgumentParser(prog=f"{script}.py", description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.set_defaults(script=script)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):   # "(default: ...)" only where there is a default
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser(script, description, *, img_size, batch_size, epochs, lr, latent_dim=100, ema=0.999,
+                 lr_decay="linear", smoothing=True, conditional=False):
+    """The flags every script shares, each with its default in --help; the script adds its own."""
+    parser = argparse.ArgumentParser(prog=f"{script}.py", description=description, allow_abbrev=False,
+                                     formatter_class=_HelpFormatter)
+    parser.set_defaults(script=script, conditional=conditional)
     add = parser.add_argument
     add("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "cifar10", "folder", "fake"),
         help="training data ('folder': class sub-folders of images; 'fake': made up, no files)")
     add("--data-root", default="data", help="where datasets live (torchvision's layout)")
     add("--img-size", type=positive_int, default=img_size, help="images are resized to this square size")
-    add("--batch-size", type=positive_int, default=batch_size)
-    add("--epochs", type=positive_int, default=epochs)
+    add("--batch-size", type=positive_int, default=batch_size, help="images per step")
+    add("--epochs", type=positive_int, default=epochs, help="passes over the data (the lr schedule ends with them)")
     add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
+    add("--lr-decay", choices=("linear", "none"), default=lr_decay, help="linear: to 0 at the last step")
+    add("--ema", type=fraction, default=ema, metavar="DECAY",
+        help="grids, snapshots and --generate use a moving average of G's weights (0: G itself)")
     add("--latent-dim", type=positive_int, default=latent_dim, help="size of the noise vector z")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto picks cuda when present)")
     add("--seed", type=int, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
-    add("--sample-every", type=positive_int, help="also save a grid every N steps")
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")
-    add("--max-steps", type=positive_int, help="stop after N optimisation steps (a checkpoint is kept)")
+    add("--snapshot-every", type=positive_int, default=5, metavar="K",
+        help="keep the sampling G of epoch 1, every K-th epoch and the last (generator_epoch_*.pt)")
+    add("--checkpoint-every", type=positive_float, default=5.0, metavar="MIN",
+        help="write checkpoint.pt every MIN minutes of training, besides each epoch's end")
+    add("--max-steps", type=positive_int, help="stop once the run has made N steps, counted from its start")
     add("--resume", nargs="?", const="latest", metavar="CKPT", help="continue CKPT, or without one the newest run")
-    add("--generate", type=positive_int, metavar="N", help="no training: write N samples to generated.npz")
+    add("--generate", type=positive_int, metavar="N",
+        help="no training: write N samples from the newest run, or from --resume CKPT or a snapshot")
+    if conditional:
+        add("--label", type=int, metavar="K", help="with --generate: only class K (default: every class in turn)")
     if smoothing:
-        add("--label-smoothing", type=smoothing_amount, default=0.0, metavar="S",
+        add("--label-smoothing", type=fraction, default=0.0, metavar="S",
             help="one-sided: real targets drawn uniformly from [1-S, 1] each step; fake targets stay 0")
     add("--label-exchange", type=probability, default=0.0, metavar="P", help="chance that a D step swaps real and fake")
     return parser
 
 
-def parse_args(parser, argv=None, generate_may_change=()):
+def parse_args(parser, argv=None):
     """Parse the flags. With --resume or --generate, load that checkpoint and take its run's flags,
-    overridden only by the flags given on this command line. Returns (args, checkpoint or None)."""
+    overridden only by the flags given here. Returns (args, checkpoint or None)."""
     args = parser.parse_args(argv)
+    if getattr(args, "label", None) is not None and not args.generate:
+        raise UserError("--label K chooses the class of generated samples: use it with --generate N")
     if args.resume is None and args.generate is None:
         return args, None
     path = find_checkpoint(args.out, args.script) if args.resume in (None, "latest") else Path(args.resume)
+    path = path / "checkpoint.pt" if path.is_dir() else path
     checkpoint = load_checkpoint(path, args.script)
-    saved = checkpoint["args"]
-    # argparse fills in a default only where the namespace has no value: saved flags stay unless given
-    keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps")}
+    saved = checkpoint["args"]   # argparse fills in a default only where the namespace has no value
+    keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps", "label")}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
-    # any other flag given again must match the run's own: a changed --lr would be silently ignored
-    may_change = {"epochs", "max_steps", "device", "sample_every", "log_every", "data_root"}
-    may_change |= {"seed", *generate_may_change} if args.generate else set()
-    for name, value in vars(args).items():
-        if name in saved and name not in may_change | {"resume", "generate", "out"} and saved[name] != value:
+    may_change = {"epochs", "max_steps", "device", "log_every", "data_root", "snapshot_every", "checkpoint_every",
+                  "resume", "generate", "out", "label"} | ({"seed"} if args.generate else set())
+    for name, value in vars(args).items():   # a changed --lr would otherwise be silently ignored
+        if name in saved and name not in may_change and saved[name] != value:
             raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]!r})")
-    args.out = str(path if path.is_dir() else path.parent)
+    if "step" not in checkpoint and not args.generate:
+        raise UserError(f"{path} is a generator snapshot: resume from the run's checkpoint.pt, or use --generate N")
+    if getattr(args, "label", None) is not None and not 0 <= args.label < checkpoint["n_classes"]:
+        raise UserError(f"--label {args.label}: the run's classes are 0 to {checkpoint['n_classes'] - 1} "
+                        f"({', '.join(checkpoint['class_names'])})")
+    args.resume, args.out = str(path), str(path.parent)
+    print(f"{'generating from' if args.generate else 'resuming'} {path}: {saved['dataset']}, "
+          f"epoch {checkpoint['epoch']} of {saved['epochs']}", flush=True)
     return args, checkpoint
 
 
-# --- Device, seeding, run folders --------------------------------------------------------------
+# --- Device, seeds, files ----------------------------------------------------------------------
 def pick_device(name):
     """auto picks cuda when present, else cpu; a device this machine lacks is a UserError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    present = {"cpu": True, "mps": torch.backends.mps.is_available(),
-               "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
-    if not present.get(device.type, False):
+    present = {"cpu": lambda i: True, "mps": lambda i: torch.backends.mps.is_available(),
+               "cuda": lambda i: torch.cuda.is_available() and (i or 0) < torch.cuda.device_count()}
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", name)
+    if not match or not present[match[1]](int(match[2] or 0)):
         raise UserError(f"--device {name} is not available on this machine (use auto, cpu, cuda, cuda:N or mps)")
-    return device
+    return torch.device(name)
 
 
 def seed_everything(seed):
@@ -124,25 +144,24 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate()}
+def check_writable(folder):
+    """Refuse a folder we cannot write in, before any work is done that would then be lost."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+        for name in ("checkpoint.pt", "losses.csv"):
+            if (Path(folder) / name).exists() and not os.access(Path(folder) / name, os.W_OK):
+                raise PermissionError(0, f"{name} is read-only")
+    except OSError as error:
+        raise UserError(f"cannot write in {folder} ({error.strerror or error}); nothing was changed")
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def new_run_folder(out):
-    """Create the run folder: `out` itself if free, else the next free `out-2`, `out-3`, ..."""
-    candidate, number = Path(out), 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        candidate, number = Path(f"{out}-{number + 1}"), number + 1
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+def free_path(folder, stem, suffix=""):
+    """folder/stem, else stem-2, stem-3, ...: a name nothing uses yet (an empty folder counts as free)."""
+    path, number = Path(folder) / f"{stem}{suffix}", 1
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
+        number += 1
+        path = Path(folder) / f"{stem}-{number}{suffix}"
+    return path
 
 
 def find_checkpoint(out, script):
@@ -155,20 +174,17 @@ def find_checkpoint(out, script):
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-# --- Checkpoints -------------------------------------------------------------------------------
-def save_checkpoint(path, state):
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    torch.save({**state, "rng": rng_state()}, tmp)
-    os.replace(tmp, path)
+def save_atomically(obj, path):
+    torch.save(obj, f"{path}.tmp")   # a crash or a kill mid-write leaves the previous file intact
+    os.replace(f"{path}.tmp", path)
 
 
 def load_checkpoint(path, script):
-    path = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+    """A checkpoint.pt or generator snapshot written by `script`, loaded safely (weights only)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist")
     except Exception as error:
         raise UserError(f"checkpoint {path} cannot be read ({type(error).__name__}); is it a complete .pt file?")
     owner = checkpoint.get("script") if isinstance(checkpoint, dict) else None
@@ -177,12 +193,15 @@ def load_checkpoint(path, script):
     return checkpoint
 
 
-def load_weights(module, state, what):
-    """load_state_dict with a one-line message when the flags give a network of another shape."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError:
-        raise UserError(f"the checkpoint's {what} does not fit the network these flags build (a size flag differs)")
+def ema_with_warmup(decay):
+    """AveragedModel's multi_avg_fn: an exponential moving average whose decay grows from 0.1 to `decay`
+    as (1 + n) / (10 + n) after n updates, so the average soon forgets G's random start."""
+    @torch.no_grad()
+    def update(averaged, current, n_averaged):
+        weight = 1 - torch.clamp((1 + n_averaged) / (10 + n_averaged), max=decay)   # on the device: no sync
+        for mean, value in zip(averaged, current):
+            mean.lerp_(value, weight.to(mean.dtype)) if mean.is_floating_point() else mean.copy_(value)
+    return update
 
 
 # --- Data: decoded once into uint8, batches cut on the training device -------------------------
@@ -190,9 +209,11 @@ class ImageData:
     """All images as one uint8 tensor (N, C, H, W) and int64 labels (N,), kept on the device."""
 
     def __init__(self, images, labels, class_names, device):
-        self.images, self.labels, self.device = images.to(device), labels.to(device), device
-        self.class_names, self.n_classes = list(class_names), len(class_names)
-        self.shape = tuple(images.shape[1:])   # (C, H, W)
+        self.images, self.labels, self.class_names = images.to(device), labels.to(device), list(class_names)
+        self.n_classes, self.shape = len(class_names), tuple(images.shape[1:])   # shape: (C, H, W)
+
+    def __str__(self):
+        return f"{len(self.images):,} images, {self.n_classes} classes, {self.shape[0]} channel(s), {self.shape[1]} px"
 
     def steps_per_epoch(self, batch_size):
         return len(self.images) // batch_size   # the short last batch is dropped, every epoch alike
@@ -201,22 +222,25 @@ class ImageData:
         """Yield (images in [-1, 1], labels) for one epoch. The order depends only on (seed, epoch), so a
         resumed run sees the batches an uninterrupted one would; `skip` passes over those already seen."""
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        order = order.to(self.device)
+        order = order.to(self.images.device)
         for i in range(skip, self.steps_per_epoch(batch_size)):
             index = order[i * batch_size:(i + 1) * batch_size]
             yield self.images[index].float().div_(127.5).sub_(1), self.labels[index]
 
 
 def load_data(args, device, train=True):
-    """The dataset named by the flags, resized to --img-size, as an ImageData on `device`."""
-    root = Path(args.data_root)
-    if args.dataset == "fake":
-        images, labels, classes = _fake_images(args.img_size, seed=args.seed)
+    """The dataset named by the flags, resized once to --img-size, as an ImageData on `device`."""
+    if args.dataset == "fake":   # grey noise with a bright square whose place is the class
+        labels, classes = torch.arange(512) % 10, [str(k) for k in range(10)]
+        images = torch.randint(0, 40, (512, 1, 32, 32), generator=torch.Generator().manual_seed(args.seed),
+                               dtype=torch.uint8)
+        for k in range(10):
+            images[labels == k, :, k // 4 * 8:k // 4 * 8 + 8, k % 4 * 8:k % 4 * 8 + 8] = 255
     elif args.dataset == "folder":
-        images, labels, classes = _folder_images(root, args.img_size)
+        images, labels, classes = folder_images(Path(args.data_root), args.img_size)
     else:
-        images, labels, classes = _torchvision_images(args.dataset, root, train)
-    if images.shape[-2:] != (args.img_size, args.img_size):   # resized once, here, not per batch
+        images, labels, classes = _torchvision_images(args.dataset, Path(args.data_root), train)
+    if images.shape[-2:] != (args.img_size, args.img_size):
         images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
         images = images.round().clamp(0, 255).to(torch.uint8)
     if len(images) < args.batch_size:
@@ -227,123 +251,212 @@ def load_data(args, device, train=True):
 def _torchvision_images(name, root, train):
     cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10}[name]
+    raw = root / cls.__name__ / "raw"
+    for file, md5 in getattr(cls, "resources", []):   # torchvision would take a damaged .gz for a missing one
+        if (raw / file).is_file() and not (raw / file[:-3]).is_file() and not check_integrity(raw / file, md5):
+            raise UserError(f"{raw / file} is damaged or incomplete (not the {name} file); replace it")
+    made = [p for p in (root, root / cls.__name__, raw) if not p.exists()]
     try:
         dataset = cls(str(root), train=train, download=True)
-    except Exception as error:  # no network, a refused connection, a bad mirror: all end alike
+    except Exception as error:  # no network, a refused connection, a damaged file: all end in one line
+        for folder in reversed(made):   # torchvision made these before it failed: leave nothing behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         where = (f"cifar-10-python.tar.gz in {root}/" if name == "cifar10" else
-                 f"the four *-ubyte.gz files (train/t10k images and labels) in {root / cls.__name__ / 'raw'}/")
+                 f"the four *-ubyte.gz files (train/t10k images and labels) in {raw}/")
+        if any(raw.glob("*-ubyte")):
+            where = f"undamaged files in {raw}/ (one there cannot be read)"
         raise UserError(f"could not load {name} ({type(error).__name__}); without a network, put {where}")
     images = torch.as_tensor(np.asarray(dataset.data))
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # (N, C, H, W)
     return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets)).long(), dataset.classes
 
 
-def _folder_images(root, size):
-    """An image folder: each sub-folder is a class; images directly in the root form one class."""
-    if not root.is_dir():
-        raise UserError(f"--data-root {root} is not a folder")
-    def images_in(folder):
+def folder_images(root, size):
+    """A folder whose sub-folders are the classes, or whose images are one class: uint8 (N, C, size, size)
+    (grey only if every image is), labels (N,), class names. One file is open at a time."""
+    def files(folder):
         return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and images_in(p))
-    files = [(p, i) for i, c in enumerate(classes) for p in images_in(root / c)] or [(p, 0) for p in images_in(root)]
-    if not files:
-        raise UserError(f"--data-root {root} holds no images (expected class sub-folders of .png/.jpg files)")
-    def read(path, mode=None):   # one file open at a time: a folder may hold 200k faces
+
+    def read(path, mode=None):
         with Image.open(path) as picture:
             return picture.mode if mode is None else pil_to_tensor(picture.convert(mode))
-    try:   # grey only if every image is grey (headers only), then decode, resize and crop each once
-        mode = "L" if all(read(p) in ("L", "1", "I;16", "I") for p, _ in files) else "RGB"
-        tensors = [center_crop(resize(read(p, mode), size, antialias=True), size) for p, _ in files]
+    if not root.is_dir():
+        raise UserError(f"--data-root {root} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and files(p))
+    if classes and files(root):
+        raise UserError(f"{root} holds class sub-folders and, beside them, {len(files(root))} image(s) that would be "
+                        "ignored; move those into a sub-folder (a class) of their own")
+    paths = [(p, k) for k, c in enumerate(classes) for p in files(root / c)] or [(p, 0) for p in files(root)]
+    if not paths:
+        raise UserError(f"{root} holds no images (expected class sub-folders of .png/.jpg files)")
+    try:
+        mode = "L" if all(read(p) in ("L", "1", "I;16", "I") for p, _ in paths) else "RGB"   # headers only
+        images = torch.stack([center_crop(resize(read(p, mode), size, antialias=True), size) for p, _ in paths])
     except OSError as error:
         raise UserError(f"an image under {root} cannot be read ({error})")
-    return torch.stack(tensors), torch.tensor([label for _, label in files]), classes or [root.name]
+    return images, torch.tensor([k for _, k in paths]), classes or [root.name]
 
 
-def _fake_images(size, seed, n=512, n_classes=10):
-    """Grey images with a bright square whose place depends on the class: something to learn."""
-    labels = torch.arange(n) % n_classes
-    images = torch.randint(0, 40, (n, 1, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    side = max(size // 4, 1)
-    for k in range(n_classes):   # the square's place is the class: rows of 4 squares
-        images[labels == k, :, k // 4 * side:k // 4 * side + side, k % 4 * side:k % 4 * side + side] = 255
-    return images, labels, [str(k) for k in range(n_classes)]
-
-
-# --- Images ------------------------------------------------------------------------------------
+# --- Samples -----------------------------------------------------------------------------------
 def save_grid(images, path, nrow=8):
-    """Save images in [-1, 1] as one PNG grid."""
     save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
 
 
-def save_progress_gif(run_dir):
-    """Put the per-epoch grids together into progress.gif."""
-    first, *rest = [Image.open(p) for p in sorted(Path(run_dir).glob("epoch_*.png"))]
-    first.save(Path(run_dir) / "progress.gif", save_all=True, append_images=rest, duration=400, loop=0)
+@torch.no_grad()
+def sample(generator, n, args, n_classes, label=None):
+    """n images in [-1, 1] from G, and for a conditional G their labels: all `label`, else 0, 1, ..., K-1, 0, ..."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, args.latent_dim, device=device)
+    if not args.conditional:
+        return torch.cat([generator(chunk) for chunk in z.split(1000)]), None
+    labels = torch.arange(n, device=device) % n_classes if label is None else torch.full((n,), label, device=device)
+    return torch.cat([generator(zs, ys) for zs, ys in zip(z.split(1000), labels.split(1000))]), labels
 
 
-def save_generated(run_dir, images, labels=None, nrow=10):
-    """generated.npz: images uint8 (N, C, H, W) and, for conditional models, labels (N,)."""
-    path = Path(run_dir) / "generated.npz"
+def generate(generator, args, checkpoint):
+    """--generate N: N samples to a new generated*.npz (images uint8 (N, C, H, W); labels (N,) for a
+    conditional G) with a grid beside it. Earlier samples are never replaced."""
+    check_writable(args.out)
+    seed_everything(args.seed)   # the same --seed gives the same samples
+    images, labels = sample(generator, args.generate, args, checkpoint["n_classes"], getattr(args, "label", None))
+    path = free_path(args.out, "generated", ".npz")
     arrays = {"images": images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()}
     if labels is not None:
-        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
-    note = " (replacing the earlier one: samples are reproducible from the checkpoint and --seed)" * path.exists()
+        arrays["labels"] = labels.cpu().numpy()
     np.savez_compressed(path, **arrays)
-    save_grid(images[:100], Path(run_dir) / "generated.png", nrow=nrow)
-    print(f"wrote {len(images)} samples to {path} and a grid to {Path(run_dir) / 'generated.png'}{note}")
+    row = 10 if labels is None or args.label is not None else checkpoint["n_classes"] * max(1, 10 // checkpoint["n_classes"])
+    save_grid(images[:100], path.with_suffix(".png"), nrow=row)
+    print(f"wrote {len(images)} samples to {path} and a grid to {path.with_suffix('.png')}")
 
 
-# --- Progress: losses summed on the device each step, read back only at log points -------------
-class LossLog:
-    """Averages named scalars between log points, prints one progress line, appends losses.csv.
-    update() only adds tensors on the device (no host sync); write() syncs once per log point."""
+# --- The run's bookkeeping ---------------------------------------------------------------------
+class Run:
+    """A training run's folder and what surrounds its training step: exact resume, the progress log
+    (values summed on the device, read back only at log points), grids, checkpoints, snapshots, and
+    a stop at a step boundary on Ctrl-C or SIGTERM. `state` names what checkpoint.pt holds: modules,
+    optimisers, schedulers (by state_dict) and tensors. Grids and snapshots show `sampler`."""
 
-    def __init__(self, run_dir, names, first_step, last_step, batch_size):
-        self.path = Path(run_dir) / "losses.csv"
-        self.names, self.total_steps, self.batch_size = list(names), last_step, batch_size
-        self.sum, self.count = None, 0
-        self.start_clock(first_step)
-        if not self.path.exists():   # a resumed run appends to its own file
-            self.path.write_text(",".join(["step", "epoch", *self.names]) + "\n")
+    def __init__(self, args, data, checkpoint, state, sampler, grid_inputs, nrow=8):
+        self.args, self.data, self.state, self.sampler, self.grid_inputs, self.nrow = (
+            args, data, state, sampler, grid_inputs, nrow)
+        self.steps_per_epoch = data.steps_per_epoch(args.batch_size)
+        self.last_step, self.step = min(args.max_steps or math.inf, self.steps_per_epoch * args.epochs), 0
+        if checkpoint:   # exact: weights, optimiser moments, schedules, fixed noise, step and RNG
+            if checkpoint["n_classes"] != data.n_classes:
+                raise UserError(f"the data has {data.n_classes} classes; the run trained on {checkpoint['n_classes']}")
+            check_writable(args.out)
+            for name, thing in state.items():
+                thing.copy_(checkpoint[name]) if torch.is_tensor(thing) else thing.load_state_dict(checkpoint[name])
+            self.step, rng = checkpoint["step"], checkpoint["rng"]
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        self.dir = Path(args.out) if checkpoint else free_path(Path(args.out).parent, Path(args.out).name)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {self.dir} ({error.strerror or error}); choose another --out")
+        self.meta = {"script": args.script, "args": vars(args), "image_shape": data.shape,
+                     "n_classes": data.n_classes, "class_names": data.class_names}
+        self.trained, self.sums, self.count, self.stop_signal = False, None, 0, None
+        print(f"run folder: {self.dir}\ndata: {args.dataset}, {data}", flush=True)
 
-    def update(self, *values):
-        stacked = torch.stack([v.detach().float() for v in values])
-        self.sum = stacked if self.sum is None else self.sum + stacked
-        self.count += 1
+    def __enter__(self):   # Ctrl-C and SIGTERM ask the loop to stop after the current step
+        self.handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.last_save = time.monotonic()
+        self._start_clock()
+        return self
 
-    def write(self, step, epoch, epochs):
-        """Log the means since the last call; NaN ends the run (exit 1) before the next checkpoint."""
+    def __exit__(self, kind, error, trace):
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+        if kind is None and self.trained:
+            print(f"done: {self.step} steps; grids, losses.csv, snapshots and checkpoint.pt in {self.dir}")
+        elif kind is None:
+            flag = "--max-steps" if self.last_step == self.args.max_steps else "--epochs"
+            print(f"nothing left to train: the run has made {self.step} steps and {flag} {getattr(self.args, flag[2:].replace('-', '_'))} "
+                  f"ends it at step {self.last_step} (counted from its start); to train on: python "
+                  f"{self.args.script}.py --resume {self.dir / 'checkpoint.pt'} {flag} N (more)")
+
+    def _request_stop(self, signum, frame):
+        if self.stop_signal is not None:   # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint", flush=True)
+
+    def epochs(self):
+        while self.step < self.last_step:   # none when the run is finished
+            self.trained = True
+            yield self.step // self.steps_per_epoch
+
+    def batches(self, epoch):
+        return self.data.batches(self.args.batch_size, epoch, self.args.seed, skip=self.step % self.steps_per_epoch)
+
+    def end_step(self, epoch, logged):
+        """Count the step, add up its logged values (a dict of tensors); log, grid and checkpoint when
+        due. True when the loop must stop (--max-steps, Ctrl-C, SIGTERM)."""
+        self.step, self.count, self.names = self.step + 1, self.count + 1, list(logged)
+        values = torch.stack([value.detach().float() for value in logged.values()])
+        self.sums = values if self.sums is None else self.sums + values
+        if self.step % self.args.log_every == 0:
+            self.write_log(epoch)
+        if time.monotonic() - self.last_save > 60 * self.args.checkpoint_every:
+            self.write_log(epoch)   # never checkpoint past a NaN
+            self.save_checkpoint()
+        return self.step >= self.last_step or self.stop_signal is not None
+
+    def end_epoch(self, epoch):
+        """Log, grid, snapshot (epoch 1, every K-th and the last) and checkpoint; after a stop signal,
+        the command that continues the run, and exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
+        self.write_log(epoch)   # stops the run on NaN, before the checkpoint
+        with torch.no_grad():
+            self.sampler.eval()   # BatchNorm uses its running statistics, not this batch's
+            complete = self.step % self.steps_per_epoch == 0
+            name = f"epoch_{epoch + 1:03d}.png" if complete else f"step_{self.step:07d}.png"
+            save_grid(self.sampler(*self.grid_inputs), self.dir / name, nrow=self.nrow)
+            self.sampler.train()
+        if complete:
+            grids = [Image.open(p) for p in sorted(self.dir.glob("epoch_*.png"))]
+            grids[0].save(self.dir / "progress.gif", save_all=True, append_images=grids[1:], duration=400, loop=0)
+            if epoch == 0 or (epoch + 1) % self.args.snapshot_every == 0 or epoch + 1 == self.args.epochs:
+                save_atomically({**self.meta, "epoch": epoch + 1, "sampler": self.sampler.state_dict()},
+                                self.dir / f"generator_epoch_{epoch + 1:03d}.pt")
+        self.save_checkpoint()
+        if self.stop_signal is not None:
+            print(f"stopped at step {self.step}; continue with: python {self.args.script}.py --resume "
+                  f"{self.dir / 'checkpoint.pt'}", flush=True)
+            sys.exit(128 + self.stop_signal)
+
+    def save_checkpoint(self):
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        state = {name: thing if torch.is_tensor(thing) else thing.state_dict() for name, thing in self.state.items()}
+        save_atomically({**self.meta, **state, "sampler": self.sampler.state_dict(), "step": self.step,
+                         "epoch": self.step // self.steps_per_epoch, "rng": rng}, self.dir / "checkpoint.pt")
+        self.last_save = time.monotonic()
+        self._start_clock()   # saving is not training time
+
+    def write_log(self, epoch):
+        """The means since the last log point as a progress line and a losses.csv row (one host sync).
+        A NaN ends the run (exit 1) before a checkpoint could keep it."""
         if self.count == 0:
             return
-        means, self.sum, self.count = (self.sum / self.count).tolist(), None, 0
-        rate = (step - self.clock_step) * self.batch_size / max(time.perf_counter() - self.clock, 1e-9)
-        self.start_clock(step)
-        with open(self.path, "a") as f:
-            f.write(",".join([str(step), str(epoch), *(f"{m:.5f}" for m in means)]) + "\n")
-        eta = time.strftime("%H:%M:%S", time.gmtime((self.total_steps - step) * self.batch_size / rate))
-        losses = "  ".join(f"{n} {m:.4f}" for n, m in zip(self.names, means))
-        print(f"epoch {epoch + 1}/{epochs}  step {step}/{self.total_steps}  {losses}  {rate:,.0f} img/s  {eta} left",
+        means, self.sums, self.count = (self.sums / self.count).tolist(), None, 0
+        rate = (self.step - self.clock_step) * self.args.batch_size / max(time.perf_counter() - self.clock, 1e-9)
+        self._start_clock()
+        with open(self.dir / "losses.csv", "a") as f:
+            f.write(",".join(["step", "epoch", *self.names]) + "\n" if f.tell() == 0 else "")
+            f.write(",".join([str(self.step), str(epoch + 1), *(f"{m:.5f}" for m in means)]) + "\n")
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.last_step - self.step) * self.args.batch_size / rate))
+        print(f"epoch {epoch + 1}/{self.args.epochs}  step {self.step}/{self.last_step}  "
+              + "  ".join(f"{n} {m:.4f}" for n, m in zip(self.names, means)) + f"  {rate:,.0f} img/s  {eta} left",
               flush=True)
         if not all(math.isfinite(m) for m in means):
-            print(f"a loss became NaN or infinite by step {step}: stopped; the last good checkpoint "
-                  f"(if any) is {self.path.parent / 'checkpoint.pt'}", file=sys.stderr)
+            print(f"a loss became NaN or infinite by step {self.step}: stopped; the last good checkpoint "
+                  f"(if any) is {self.dir / 'checkpoint.pt'}", file=sys.stderr)
             sys.exit(1)
 
-    def start_clock(self, step):   # also after saving grids and checkpoints: not training time
-        self.clock, self.clock_step = time.perf_counter(), step
-
-
-class StopRequest:
-    """Ctrl-C stops the loop at the end of a step, so its checkpoint is consistent; a second one at once."""
-
-    def __init__(self):
-        self.requested, self._previous = False, signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
-
-    def close(self):
-        signal.signal(signal.SIGINT, self._previous)
+    def _start_clock(self):
+        self.clock, self.clock_step = time.perf_counter(), self.step

@@ -1,36 +1,28 @@
-"""DCGAN: Radford, Metz and Chintala, "Unsupervised Representation Learning with Deep
-Convolutional Generative Adversarial Networks", 2015 (arXiv:1511.06434).
+"""DCGAN: Radford, Metz and Chintala, "Unsupervised Representation Learning with Deep Convolutional
+Generative Adversarial Networks", ICLR 2016 (arXiv:1511.06434).
 
-The GAN game of gan.py (D tells real images from G's, G tries to make D call its images real,
-non-saturating G loss) played by two convolutional networks built to the paper's architecture
-guidelines, which are what made GAN training stable enough to scale: no pooling (D downsamples
-with strided convolutions, G upsamples with transposed ones); no fully connected hidden layers
-(G starts from z as a 1x1 image with a transposed convolution, D ends in a convolution to one
-logit); BatchNorm in every layer except G's output layer and D's input layer; ReLU in G with a
-Tanh output, LeakyReLU(0.2) in D; weights drawn from N(0, 0.02); Adam(2e-4, betas (0.5, 0.999))
-with batch 128. Each block doubles (G) or halves (D) the image side, so --img-size (16, 32, 64
-or 128; 64 is the paper's) sets the number of blocks. --width W is the channel count of the
-highest-resolution hidden block, doubling towards 4x4: 64, the paper's, by default. --width 32
-costs a quarter of the computation (an MNIST epoch in about 1 minute on one CPU core instead
-of 3) but draws the digits less evenly after 5 epochs (README, Results). Grey or RGB follows the
-dataset. One-sided label smoothing and label exchange are flags, as in gan.py.
+The game of gan.py played by two convolutional networks built to the paper's guidelines, which made
+GAN training stable enough to scale: no pooling (D downsamples with strided convolutions, G upsamples
+with transposed ones); no fully connected hidden layers; BatchNorm everywhere except G's output and
+D's input; ReLU in G with a Tanh output, LeakyReLU(0.2) in D; weights from N(0, 0.02); Adam(2e-4,
+betas 0.5, 0.999), batch 128. Each block doubles (G) or halves (D) the side, so --img-size (16 to
+128; 64 is the paper's) sets the number of blocks, and --width the channels (64 is the paper's).
 
-    python dcgan.py                                # MNIST at 32x32, 25 epochs, runs/dcgan
-    python dcgan.py --epochs 5 --width 32          # a quicker CPU run
+Where this file departs from the paper (a flag gives the paper's setting back):
+- G minimises -log D(G(z)), the non-saturating loss, as the paper's code does.
+- --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
+- --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
+
+    python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
     python dcgan.py --dataset cifar10 --device cuda
-    python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda
-    python dcgan.py --resume                       # continue the newest run
-    python dcgan.py --generate 10000 --resume runs/dcgan/checkpoint.pt
-
-The folder command is the paper's faces setting: a folder of face images such as CelebA's
-img_align_celeba/ (images directly in it are fine; labels are not used).
+    python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces
+    python evaluate.py runs/dcgan --curve     # FD for each snapshot
 """
-import math
 import random
-from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 import common
 
@@ -140,13 +132,14 @@ class Discriminator(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
-def discriminator_targets(batch_size, smoothing, exchange, device):
-    """BCE targets for D's real and fake halves, with the source document's two tricks.
+bce = nn.BCEWithLogitsLoss()   # sigmoid + binary cross-entropy in one numerically stable op
 
-    One-sided label smoothing: real targets are drawn from [1 - smoothing, 1], so D is never
-    pushed to be certain; fake targets stay exactly 0 (smoothing them too would reward G's
-    fakes). Label exchange: with probability `exchange` the two are swapped for this step, a
-    small dose of wrong labels that keeps D from winning too fast."""
+
+def discriminator_targets(batch_size, smoothing, exchange, device):
+    """D's BCE targets for real and fake images: 1 and 0, with two optional tricks. One-sided label
+    smoothing draws real targets from [1 - smoothing, 1], so D is never pushed to certainty (fake
+    targets stay 0: smoothing them would reward G's fakes). Label exchange swaps the two with
+    probability `exchange`, a dose of wrong labels that keeps D from winning too fast."""
     real_targets = 1 - smoothing * torch.rand(batch_size, 1, device=device)
     fake_targets = torch.zeros(batch_size, 1, device=device)
     if random.random() < exchange:   # a host-side coin: no GPU sync
@@ -154,126 +147,84 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
     return real_targets, fake_targets
 
 
-bce = nn.BCEWithLogitsLoss()   # sigmoid + binary cross-entropy in one numerically stable op
+# ---------------------------------------------------------------------------------------------
+# The training step
+# ---------------------------------------------------------------------------------------------
+def train_step(real_images, generator, discriminator, opt_g, opt_d, args):
+    """One D update, then one G update, on a batch of real images. Returns the values to log."""
+    batch_size, device = real_images.size(0), real_images.device
+
+    # Train D: real images -> real_targets (1), G's images -> fake_targets (0)
+    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
+    z = torch.randn(batch_size, args.latent_dim, device=device)
+    fake_images = generator(z)                          # (B, C, H, W)
+    real_logits = discriminator(real_images)            # (B, 1)
+    fake_logits = discriminator(fake_images.detach())   # detach: this update trains D only
+    loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # Train G: make D call G's images real (target 1)
+    loss_g = bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+            "d_fake": fake_logits.sigmoid().mean()}
+
+
+def build(args, image_shape, n_classes, device):
+    """The networks and optimisers these flags describe (grey or RGB follows the data)."""
+    generator = Generator(args.latent_dim, image_shape[0], args.img_size, args.width).to(device)
+    discriminator = Discriminator(image_shape[0], args.img_size, args.width).to(device)
+    # fused=True: the same Adam arithmetic in one kernel for all parameters (docs/speed.md)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    return generator, discriminator, opt_g, opt_d
+
+
+def load_generator(path, device="cpu"):
+    """The generator that made a run's grids (G's moving average), from its checkpoint.pt or a
+    generator_epoch_*.pt snapshot, in eval mode: load_generator(path)(torch.randn(16, 100))."""
+    saved = common.load_checkpoint(path, "dcgan")
+    a = saved["args"]
+    generator = Generator(a["latent_dim"], saved["image_shape"][0], a["img_size"], a["width"])
+    generator.load_state_dict(saved["sampler"])
+    return generator.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The recipe
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
     device = common.pick_device(args.device)
     common.seed_everything(args.seed)
+    if args.generate:   # no training: samples from a checkpoint or snapshot
+        return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    if args.generate:
-        channels = checkpoint["image_shape"][0]
-        generator = Generator(args.latent_dim, channels, args.img_size, args.width).to(device)
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        generator.eval()   # BatchNorm uses its running statistics, not this batch's
-        with torch.no_grad():
-            z = torch.randn(args.generate, args.latent_dim, device=device)
-            images = torch.cat([generator(chunk) for chunk in z.split(1000)])
-        common.save_generated(args.out, images)
-        return
-
-    # Data: decoded once, batches are cut on the device. Loaded before the run folder is made,
-    # so a data error leaves nothing behind.
-    data = common.load_data(args, device)
-    run_dir = Path(args.out) if checkpoint else common.new_run_folder(args.out)
-    print(f"run folder: {run_dir}", flush=True)
-
-    # Networks and optimisers (the paper's Adam: lr 2e-4, beta1 0.5 instead of 0.9 for stability)
-    channels = data.shape[0]   # 1 for MNIST, 3 for CIFAR-10 and colour folders
-    generator = Generator(args.latent_dim, channels, args.img_size, args.width).to(device)
-    discriminator = Discriminator(channels, args.img_size, args.width).to(device)
-    # fused=True: the same Adam arithmetic in one kernel for all parameters instead of many small
-    # ops per tensor. No measurable gain here on a CPU, where the convolutions dominate; 1.14-1.34x for
-    # the MLP scripts (README, Speed benchmark).
-    opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
+    # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
+    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
+    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
+    decay = (lambda step: 1 - step / total_steps) if args.lr_decay == "linear" else (lambda step: 1.0)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
-    step = 0
-    if checkpoint:
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        common.load_weights(discriminator, checkpoint["discriminator"], "discriminator")
-        opt_g.load_state_dict(checkpoint["opt_g"])
-        opt_d.load_state_dict(checkpoint["opt_d"])
-        fixed_noise = checkpoint["fixed_noise"].to(device)
-        step = checkpoint["step"]
-        common.set_rng_state(checkpoint["rng"])
-        print(f"resumed at step {step} from {run_dir / 'checkpoint.pt'}")
+    state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,
+             "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
 
-    def save_checkpoint():
-        common.save_checkpoint(run_dir / "checkpoint.pt", {
-            "script": "dcgan", "args": vars(args), "step": step, "epoch": step // steps_per_epoch,
-            "image_shape": data.shape, "generator": generator.state_dict(),
-            "discriminator": discriminator.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "fixed_noise": fixed_noise,
-        })
-
-    def save_samples(name):
-        generator.eval()
-        with torch.no_grad():
-            common.save_grid(generator(fixed_noise), run_dir / name)
-        generator.train()
-
-    steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
-    log = common.LossLog(run_dir, ["loss_d", "loss_g", "d_real", "d_fake"], step, last_step, args.batch_size)
-    stop = common.StopRequest()
-    try:
-        for epoch in range(step // steps_per_epoch, args.epochs):
-            if step >= last_step:
-                break
-            for real_images, _ in data.batches(args.batch_size, epoch, args.seed, skip=step % steps_per_epoch):
-                batch_size = real_images.size(0)
-
-                # ---------------------------------------------------------------------------
-                # Train the discriminator: real images -> real_targets, G's images -> fake_targets
-                # ---------------------------------------------------------------------------
-                real_targets, fake_targets = discriminator_targets(
-                    batch_size, args.label_smoothing, args.label_exchange, device)
-                z = torch.randn(batch_size, args.latent_dim, device=device)
-                fake_images = generator(z)                          # (B, C, H, W)
-                real_logits = discriminator(real_images)            # (B, 1)
-                fake_logits = discriminator(fake_images.detach())   # detach: this step trains D only
-                loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-
-                # ---------------------------------------------------------------------------
-                # Train the generator: make D call the fakes real (non-saturating loss, target 1)
-                # ---------------------------------------------------------------------------
-                loss_g = bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-
-                step += 1
-                log.update(loss_d, loss_g, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean())
-                if step % args.log_every == 0:
-                    log.write(step, epoch, args.epochs)
-                if args.sample_every and step % args.sample_every == 0:
-                    save_samples(f"step_{step:07d}.png")
-                if step >= last_step or stop.requested:
+    with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
+        for epoch in run.epochs():
+            for real_images, _ in run.batches(epoch):
+                logged = train_step(real_images, generator, discriminator, opt_g, opt_d, args)
+                ema.update_parameters(generator)
+                for schedule in schedules:
+                    schedule.step()
+                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
                     break
-
-            # End of the epoch (or of the run): log, grid, checkpoint
-            log.write(step, epoch, args.epochs)   # stops the run on NaN, before the checkpoint
-            if step % steps_per_epoch == 0:
-                save_samples(f"epoch_{epoch + 1:03d}.png")
-                common.save_progress_gif(run_dir)
-            else:
-                save_samples(f"step_{step:07d}.png")
-            save_checkpoint()
-            log.start_clock(step)
-            if stop.requested:
-                print(f"stopped at step {step}; continue with: python dcgan.py --resume {run_dir / 'checkpoint.pt'}")
-                break
-    finally:
-        stop.close()
-    print(f"done: {step} steps; samples, losses.csv and checkpoint.pt in {run_dir}")
+            run.end_epoch(epoch)   # grid, snapshot, checkpoint
 
 
 if __name__ == "__main__":

@@ -2,35 +2,33 @@
 classifier trained once on the dataset's training set.
 
 For N generated images (default 10000) it prints:
-- FD, the Frechet distance between the generated images and the 10000 test images, measured in
-  the classifier's 128-d penultimate features (FID's recipe, with a network trained on this
-  dataset instead of Inception), and beside it the real-data floor: N training images against
-  the same test set, what a perfect generator would score with that many samples. Lower is better.
-- class accuracy (conditional runs: cgan, acgan): how often the classifier names the class each
-  image was conditioned on; the classifier's accuracy on the test set is the ceiling.
-- coverage: the entropy of the predicted-class histogram divided by log(n_classes); 1.0 means
-  every class is equally present, a collapsed generator scores near 0.
-- confidence: the mean of the classifier's largest softmax probability (how digit-like the
-  images look to it); real test images give the reference.
+- FD, the Frechet distance between the generated images and the 10000 test images, in the
+  classifier's 128-d penultimate features (FID's recipe, with a network trained on this dataset
+  instead of Inception), beside the real-data floor: N training images against the same test set,
+  what a perfect generator would score with that many samples. Lower is better.
+- class accuracy (cgan, acgan): how often the classifier names the class each image was asked for;
+  the classifier's accuracy on the test set is the ceiling.
+- coverage: the entropy of the predicted-class histogram / log(n_classes); 1.0: every class equally
+  present, near 0: a collapsed generator.
+- confidence: the mean of the classifier's largest softmax probability (real test images: reference).
 
-    python evaluate.py runs/gan                          # a run folder: its generated.npz, else
-                                                         #   10000 samples from its checkpoint.pt
-    python evaluate.py runs/cgan --n 10000 --json        # one JSON object instead of the table
-    python evaluate.py runs/gan/generated.npz --dataset mnist --data-root data
+    python evaluate.py runs/gan                          # samples drawn now from the run's generator
+    python evaluate.py runs/acgan --curve                # one row per snapshot, the best marked
+    python evaluate.py runs/acgan/generator_epoch_005.pt --json
+    python evaluate.py my_samples.npz --dataset mnist    # images uint8 (N, C, H, W), labels (N,)
 
-A run folder's samples come from `python <script>.py --generate N --resume RUN/checkpoint.pt`,
-run for you when generated.npz is missing, holds fewer than N images, or is older than the
-checkpoint. The classifier (MNIST and Fashion-MNIST only: for other datasets there is no
-yardstick here) trains on first use, seeded, in 1-2 minutes on 2 CPU cores, and is cached as
-<data-root>/evaluate_classifier_<dataset>.pt. Images of another size (a run with --img-size 32)
-are resized to 28x28 with antialiasing, and the real images get the same 28 -> 32 -> 28 round
-trip, so the resizing's blur counts for neither side.
+Samples from a run are drawn in memory (seeded by --seed) from the generator the run's grids show;
+nothing is written beside the run. The classifier (MNIST and Fashion-MNIST: for other datasets
+there is no yardstick here) trains on first use, seeded, and is cached as
+<data-root>/evaluate_classifier_<dataset>.pt. Images of another size (a run with --img-size 32) are
+resized to 28x28 with antialiasing, and the real images make the same 28 -> 32 -> 28 round trip.
 """
 import argparse
+import importlib
 import json
 import math
 import os
-import subprocess
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,19 +49,21 @@ SCRIPT_DIR = Path(__file__).resolve().parent
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="evaluate.py",
+        prog="evaluate.py", allow_abbrev=False,
         description="Score a GAN's samples: Frechet distance, class accuracy, coverage, confidence.")
     add = parser.add_argument
-    add("source", metavar="RUN_DIR_OR_NPZ",
-        help="a run folder, a generated.npz (images uint8 (N, C, H, W), labels (N,) if conditional) or a checkpoint.pt")
+    add("source", metavar="RUN_OR_FILE",
+        help="a run folder, its checkpoint.pt, a generator_epoch_*.pt snapshot, or an .npz of samples "
+             "(images uint8 (N, C, H, W), labels (N,) if conditional)")
     add("--dataset", choices=("mnist", "fashion-mnist", "cifar10", "folder", "fake"), default=None,
         help="the data the run trained on (default: the run's own, else mnist)")
     add("--data-root", default=None,
         help="where the dataset lives; the classifier is cached there (default: the run's own, else data)")
     add("--n", type=common.positive_int, default=10000, help="how many generated images to score (default: 10000)")
-    add("--device", default="auto",
-        help="auto (the default: cuda when present), cpu, cuda, cuda:N or mps; also passed to --generate")
-    add("--json", action="store_true", help="print one JSON object instead of the table")
+    add("--device", default="auto", help="auto (the default: cuda when present), cpu, cuda, cuda:N or mps")
+    add("--seed", type=int, default=0, help="seed of the noise the samples are drawn from (default: 0)")
+    add("--curve", action="store_true", help="score every generator_epoch_*.pt snapshot of the run, a row each")
+    add("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     if args.n < 2:
         raise common.UserError("--n must be at least 2 (a covariance needs two samples)")
@@ -254,76 +254,54 @@ def confidence(probabilities):
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding the samples: a run folder, an npz or a checkpoint
+# Finding the samples: a run folder, a checkpoint or snapshot, or an npz
 # ---------------------------------------------------------------------------------------------
-def read_run(checkpoint_path):
-    """(script, the run's flags) from a checkpoint written by one of the scripts."""
+def read_run(path):
+    """(script, the run's flags) of a checkpoint.pt or snapshot written by one of the scripts."""
     try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise common.UserError(f"checkpoint {checkpoint_path} cannot be read ({type(error).__name__}); "
-                               "is it a complete .pt file?")
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("script"), str):
-        raise common.UserError(f"{checkpoint_path} is not a checkpoint written by one of the GAN scripts")
-    return checkpoint["script"], dict(checkpoint.get("args") or {})
+        raise common.UserError(f"{path} cannot be read ({type(error).__name__}); is it a complete .pt file?")
+    if not isinstance(saved, dict) or not isinstance(saved.get("script"), str):
+        raise common.UserError(f"{path} is not a checkpoint written by one of the GAN scripts")
+    if not (SCRIPT_DIR / f"{saved['script']}.py").is_file():
+        raise common.UserError(f"{path} was written by {saved['script']}.py, which is not in {SCRIPT_DIR}")
+    if "sampler" not in saved:
+        raise common.UserError(f"{path} was written by an older version of {saved['script']}.py: train the run again")
+    return saved["script"], dict(saved.get("args") or {})
 
 
-def count_images(npz_path):
-    try:
-        with np.load(npz_path) as npz:
-            return len(npz["images"]) if "images" in npz.files else 0
-    except Exception:
-        return 0   # unreadable: read_npz says why if it is still the one to use
-
-
-def script_file(script, checkpoint_path):
-    path = SCRIPT_DIR / f"{script}.py"
-    if not path.is_file():
-        raise common.UserError(f"{checkpoint_path} was written by {script}.py, which is not in {SCRIPT_DIR}")
-    return path
-
-
-def generate(script, checkpoint_path, n, device):
-    """Write RUN/generated.npz with n samples by running the script's own --generate."""
-    script_path = script_file(script, checkpoint_path)
-    command = [sys.executable, str(script_path), "--generate", str(n), "--resume", str(checkpoint_path),
-               "--device", device]
-    note(f"running: python {script}.py --generate {n} --resume {checkpoint_path} --device {device}")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        said = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
-        raise common.UserError(f"{script}.py --generate failed (exit code {result.returncode}): {said}")
-    if not (Path(checkpoint_path).parent / "generated.npz").is_file():
-        raise common.UserError(f"{script}.py --generate ran but wrote no generated.npz beside {checkpoint_path}")
-
-
-def find_samples(source, n):
-    """Resolve the command line's source, generating nothing yet. Returns (npz path, script or
-    None, the run's flags, why the npz must be generated first or None, the checkpoint to generate from)."""
+def find_sources(source, curve):
+    """What to score, without reading it yet: [(epoch or None, path)], plus (script, run flags)."""
     source = Path(source)
     if not source.exists():
         raise common.UserError(f"{source} does not exist")
-    if source.is_file() and source.suffix == ".npz":
-        # An npz is scored as it is; a checkpoint beside it only says which script and data made it.
+    if source.suffix == ".npz" and not curve:   # a checkpoint beside it says which script and data made it
         beside = source.parent / "checkpoint.pt"
-        script, run_args = read_run(beside) if beside.is_file() else (None, {})
-        return source, script, run_args, None, None
-    # A run folder, or a checkpoint.pt standing for its run folder (--generate writes beside it).
-    run_dir, checkpoint_path = (source, source / "checkpoint.pt") if source.is_dir() else (source.parent, source)
-    npz_path = run_dir / "generated.npz"
-    if not checkpoint_path.is_file():
-        if not npz_path.is_file():
-            raise common.UserError(f"{source} holds neither generated.npz nor checkpoint.pt: not a run folder")
-        return npz_path, None, {}, None, None
-    script, run_args = read_run(checkpoint_path)
-    if not npz_path.is_file():
-        return npz_path, script, run_args, "is not there yet", checkpoint_path
-    if npz_path.stat().st_mtime < checkpoint_path.stat().st_mtime:
-        return npz_path, script, run_args, "is older than checkpoint.pt", checkpoint_path
-    held = count_images(npz_path)
-    if held < n:
-        return npz_path, script, run_args, f"holds {held} images, fewer than --n {n}", checkpoint_path
-    return npz_path, script, run_args, None, None
+        return [(None, source)], read_run(beside) if beside.is_file() else (None, {})
+    run_dir = source if source.is_dir() else source.parent
+    if curve:   # in epoch order (1000 sorts after 999), every snapshot checked before any is drawn
+        snapshots = sorted((int(match[1]), p) for p in run_dir.glob("generator_epoch_*.pt")
+                           if (match := re.fullmatch(r"generator_epoch_(\d+)\.pt", p.name)))
+        if not snapshots:
+            raise common.UserError(f"{run_dir} holds no generator_epoch_*.pt snapshots to draw a curve from")
+        runs = [read_run(path) for _, path in snapshots]
+        return snapshots, runs[-1]
+    path = source / "checkpoint.pt" if source.is_dir() else source
+    if not path.is_file():
+        raise common.UserError(f"{source} holds no checkpoint.pt: not a run folder")
+    return [(None, path)], read_run(path)
+
+
+def draw_samples(script, path, n, seed, device):
+    """n images (uint8 (n, C, H, W) on the CPU) and labels ((n,) or None) from the generator of a
+    checkpoint or snapshot: the one its run's grids show, in eval mode, in memory."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    generator = importlib.import_module(script).load_generator(path, device)
+    common.seed_everything(seed)
+    images, labels = common.sample(generator, n, argparse.Namespace(**saved["args"]), saved["n_classes"])
+    images = images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+    return images, None if labels is None else labels.cpu()
 
 
 def read_npz(path, n):
@@ -362,14 +340,32 @@ def resize(images, size):
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def find_data_root(given, run_root):
+    """--data-root, else the run's own: as given, or relative to this repository when run elsewhere."""
+    root = Path(given or run_root or "data")
+    if not given and not root.is_absolute() and not root.exists() and (SCRIPT_DIR / root).exists():
+        return SCRIPT_DIR / root
+    return root
+
+
+def check_images(images, labels, test, where):
+    channels, height, width = images.shape[1:]
+    if channels != test.shape[0]:
+        raise common.UserError(f"{where}: the images have {channels} channel(s), the dataset's have {test.shape[0]}")
+    if height != width:
+        raise common.UserError(f"{where}: the images are {height}x{width}; the scripts make square images")
+    if labels is not None and (labels.min() < 0 or labels.max() >= test.n_classes):
+        raise common.UserError(f"{where}: labels run from {labels.min()} to {labels.max()}, "
+                               f"but the dataset has classes 0..{test.n_classes - 1}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
-    npz_path, script, run_args, regenerate, checkpoint_path = find_samples(args.source, args.n)
-
+    sources, (script, run_args) = find_sources(args.source, args.curve)
     run_dataset = run_args.get("dataset")
     if args.dataset and run_dataset and args.dataset != run_dataset:
         raise common.UserError(f"the run trained on {run_dataset}, not --dataset {args.dataset}")
@@ -377,66 +373,56 @@ def main(argv=None):
     if dataset not in YARDSTICKS:
         raise common.UserError(f"no yardstick for {dataset} here: the classifier these numbers need exists for "
                                f"{' and '.join(YARDSTICKS)} only, and any other would give numbers that mean nothing")
-    data_root = args.data_root or run_args.get("data_root") or "data"
-
-    if regenerate:
-        script_file(script, checkpoint_path)   # before the note: a missing script is the one line said
-        note(f"{npz_path} {regenerate}: generating {args.n} samples")
-        generate(script, checkpoint_path, args.n, args.device)
-    images, labels = read_npz(npz_path, args.n)
-    n, channels, height, width = images.shape
-    data_flags = argparse.Namespace(dataset=dataset, data_root=data_root, img_size=CLASSIFIER_SIZE,
-                                    batch_size=1, seed=0)
+    # Every source is read (or drawn) and checked before anything is written (the classifier's cache)
+    samples = [(epoch, path, *(read_npz(path, args.n) if path.suffix == ".npz" else
+                               draw_samples(script, path, args.n, args.seed, device))) for epoch, path in sources]
+    data_root = find_data_root(args.data_root, run_args.get("data_root"))
+    data_flags = argparse.Namespace(dataset=dataset, data_root=data_root, img_size=CLASSIFIER_SIZE, batch_size=1, seed=0)
     test = common.load_data(data_flags, device, train=False)
     train = common.load_data(data_flags, device, train=True)
-    if channels != test.shape[0]:
-        raise common.UserError(f"{npz_path}: the images have {channels} channel(s), {dataset}'s have {test.shape[0]}")
-    if height != width:
-        raise common.UserError(f"{npz_path}: the images are {height}x{width}; the scripts make square images")
-    if labels is not None and (labels.min() < 0 or labels.max() >= test.n_classes):
-        raise common.UserError(f"{npz_path}: labels run from {labels.min()} to {labels.max()}, "
-                               f"but {dataset} has classes 0..{test.n_classes - 1}")
-
+    for epoch, path, images, labels in samples:
+        check_images(images, labels, test, path)
     classifier, _ = get_classifier(dataset, data_root, train, test, device)
+    test_features, test_probabilities = classify(classifier, test.images)
+    results, real = [], {}
+    for epoch, path, images, labels in samples:
+        results.append({"source": str(path), "script": script, "dataset": dataset, "epoch": epoch,
+                        **scores(images, labels, classifier, test, train, real, test_probabilities)})
+    if args.curve:
+        best = min(results, key=lambda r: r["fd"])
+        print(json.dumps({"best_epoch": best["epoch"], "snapshots": results}) if args.json else curve_table(results, best))
+    else:
+        print(json.dumps(results[0]) if args.json else table(results[0]))
 
-    # Real images take the generated images' detour (28 -> run size -> 28), so the blur of
-    # resizing is on both sides of every comparison.
-    real_test, real_train = test.images, train.images
-    if height != CLASSIFIER_SIZE:
-        note(f"resizing the {height}x{height} samples to {CLASSIFIER_SIZE}x{CLASSIFIER_SIZE}; the real images "
-             f"go {CLASSIFIER_SIZE} -> {height} -> {CLASSIFIER_SIZE} alike")
-        images = resize(images, CLASSIFIER_SIZE)
-        real_test = resize(resize(real_test, height), CLASSIFIER_SIZE)
-    # The floor uses as many training images as there are samples: the FD of a finite sample is
-    # biased upwards, more so the fewer the samples, and the two numbers must share that bias.
-    pick = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(0))[:n]
-    real_train = resize(resize(real_train[pick.to(real_train.device)], height), CLASSIFIER_SIZE)
 
-    test_features, test_probabilities = classify(classifier, real_test)
-    train_features, _ = classify(classifier, real_train)
-    fake_features, fake_probabilities = classify(classifier, images)
-    test_statistics = gaussian_statistics(test_features)
-    result = {
-        "source": str(npz_path), "script": script, "dataset": dataset, "n": n,
-        "image_size": height, "n_test": len(real_test), "n_floor": len(real_train),
-        "fd": frechet_distance(*gaussian_statistics(fake_features), *test_statistics),
-        "fd_floor": frechet_distance(*gaussian_statistics(train_features), *test_statistics),
-        "class_accuracy": accuracy(fake_probabilities, labels) if labels is not None else None,
-        "accuracy_ceiling": accuracy(test_probabilities, test.labels),
-        "coverage": coverage(fake_probabilities, test.n_classes),
-        "coverage_real": coverage(test_probabilities, test.n_classes),
-        "confidence": confidence(fake_probabilities),
-        "confidence_real": confidence(test_probabilities),
-        "classifier": str(classifier_path(data_root, dataset)),
-    }
-    print(json.dumps(result) if args.json else table(result))
+def scores(images, labels, classifier, test, train, real, test_probabilities):
+    """The numbers of one set of samples. `real` caches the real images' statistics per image size."""
+    n, size = len(images), images.shape[-1]
+    if size not in real:
+        if size != CLASSIFIER_SIZE:
+            note(f"resizing the {size}x{size} samples to {CLASSIFIER_SIZE}x{CLASSIFIER_SIZE}; the real images "
+                 f"go {CLASSIFIER_SIZE} -> {size} -> {CLASSIFIER_SIZE} alike")
+        # Real images take the samples' detour (28 -> run size -> 28): the blur of resizing is on both sides.
+        # The floor uses as many training images as there are samples: an FD of few samples is biased upwards.
+        pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))[:n]
+        test_statistics = gaussian_statistics(classify(classifier, resize(resize(test.images, size), 28))[0])
+        floor_features = classify(classifier, resize(resize(train.images[pick.to(train.images.device)], size), 28))[0]
+        real[size] = test_statistics, frechet_distance(*gaussian_statistics(floor_features), *test_statistics)
+    test_statistics, fd_floor = real[size]
+    features, probabilities = classify(classifier, resize(images, CLASSIFIER_SIZE))
+    return {"n": n, "image_size": size, "n_test": len(test.images), "n_floor": n,
+            "fd": frechet_distance(*gaussian_statistics(features), *test_statistics), "fd_floor": fd_floor,
+            "class_accuracy": accuracy(probabilities, labels) if labels is not None else None,
+            "accuracy_ceiling": accuracy(test_probabilities, test.labels),
+            "coverage": coverage(probabilities, test.n_classes), "coverage_real": coverage(test_probabilities, test.n_classes),
+            "confidence": confidence(probabilities), "confidence_real": confidence(test_probabilities)}
 
 
 def table(r):
     made_by = f"{r['script']}.py, " if r["script"] else ""
     accuracy_row = (f"{r['class_accuracy']:>10.4f}  {r['accuracy_ceiling']:>10.4f}   against the labels they were "
                     "conditioned on; real: the test set" if r["class_accuracy"] is not None else
-                    f"{'-':>10}  {r['accuracy_ceiling']:>10.4f}   no labels in the npz (an unconditional run)")
+                    f"{'-':>10}  {r['accuracy_ceiling']:>10.4f}   no labels (an unconditional run)")
     return "\n".join([
         f"{r['source']}: {made_by}{r['n']} generated images ({r['image_size']}x{r['image_size']}), "
         f"scored on {r['dataset']}",
@@ -450,6 +436,19 @@ def table(r):
         f"{'confidence':16}{r['confidence']:>10.4f}  {r['confidence_real']:>10.4f}   mean max softmax; "
         "real: the test set",
     ])
+
+
+def curve_table(results, best):
+    first = results[0]
+    lines = [f"{Path(first['source']).parent}: {first['script']}.py, {first['n']} samples per snapshot, scored on "
+             f"{first['dataset']}; real data: FD {first['fd_floor']:.3f} (floor), class accuracy "
+             f"{first['accuracy_ceiling']:.4f} (ceiling), coverage {first['coverage_real']:.4f}",
+             "", f"{'epoch':>5} {'FD':>9} {'class acc':>10} {'coverage':>9} {'confidence':>11}"]
+    for r in results:
+        accuracy_cell = f"{r['class_accuracy']:.4f}" if r["class_accuracy"] is not None else "-"
+        lines.append(f"{r['epoch']:>5} {r['fd']:>9.3f} {accuracy_cell:>10} {r['coverage']:>9.4f} "
+                     f"{r['confidence']:>11.4f}" + ("   <- best FD" if r is best else ""))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

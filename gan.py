@@ -1,30 +1,32 @@
-"""Vanilla GAN: Goodfellow et al., "Generative Adversarial Networks", 2014 (arXiv:1406.2661).
+"""Vanilla GAN: Goodfellow et al., "Generative Adversarial Networks", NeurIPS 2014 (arXiv:1406.2661).
 
-Two networks play a game. The generator G turns noise z into an image; the discriminator D
-outputs a logit that says how real an image looks. D is trained to tell real images (target 1)
-from G's (target 0); G is trained to make D call its images real. We use the non-saturating
-generator loss of the paper (G maximises log D(G(z)) rather than minimising log(1 - D(G(z))),
-which gives G useful gradients early on, when D rejects its images easily). Both networks are
-plain MLPs on flattened images. Two tricks from the source document are flags: one-sided label
-smoothing and label exchange (see discriminator_targets).
+Two networks play a game. The generator G turns noise z into an image; the discriminator D gives a
+logit saying how real an image looks. D learns to tell real images (target 1) from G's (target 0),
+and G learns to make D call its images real. Both are MLPs on flattened images.
 
-    python gan.py --epochs 50                      # MNIST, grids and checkpoints in runs/gan
-    python gan.py --resume                         # continue the newest run
-    python gan.py --generate 10000 --resume runs/gan/checkpoint.pt
+Where this file departs from the paper (a flag gives the paper's setting back):
+- G minimises -log D(G(z)), the non-saturating loss the paper suggests, not log(1 - D(G(z))).
+- --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
+- --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
+- --label-smoothing S and --label-exchange P: two training tricks, off by default.
+
+    python gan.py --epochs 50                 # MNIST: grids, snapshots and checkpoint.pt in runs/gan
+    python gan.py --resume                    # continue the newest run
+    python gan.py --generate 10000            # samples from the newest run
+    python evaluate.py runs/gan --curve       # FD for each snapshot
 """
-import math
 import random
-from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 import common
 
 
 def parse_args(argv=None):
     parser = common.build_parser("gan", "Vanilla GAN (MLP generator and discriminator).",
-                                 img_size=28, batch_size=64, epochs=50, lr=2e-4, latent_dim=100)
+                                 img_size=28, batch_size=64, epochs=50, lr=2e-4)
     return common.parse_args(parser, argv)
 
 
@@ -37,17 +39,16 @@ class Generator(nn.Module):
     def __init__(self, latent_dim, image_shape):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        n_pixels = int(torch.tensor(image_shape).prod())
 
         def block(n_in, n_out):
             return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.LeakyReLU(0.2)]
 
         self.net = nn.Sequential(
-            *block(latent_dim, 256),            # (B, 256)
-            *block(256, 512),                   # (B, 512)
-            *block(512, 1024),                  # (B, 1024)
-            nn.Linear(1024, n_pixels),          # (B, C*H*W)
-            nn.Tanh(),                          # images live in [-1, 1], like the data
+            *block(latent_dim, 256),                          # (B, 256)
+            *block(256, 512),                                 # (B, 512)
+            *block(512, 1024),                                # (B, 1024)
+            nn.Linear(1024, int(torch.tensor(image_shape).prod())),   # (B, C*H*W)
+            nn.Tanh(),                                        # images live in [-1, 1], like the data
         )
 
     def forward(self, z):
@@ -59,11 +60,10 @@ class Discriminator(nn.Module):
 
     def __init__(self, image_shape):
         super().__init__()
-        n_pixels = int(torch.tensor(image_shape).prod())
         self.net = nn.Sequential(
-            nn.Linear(n_pixels, 512), nn.LeakyReLU(0.2),   # (B, 512)
-            nn.Linear(512, 256), nn.LeakyReLU(0.2),        # (B, 256)
-            nn.Linear(256, 1),                             # (B, 1)
+            nn.Linear(int(torch.tensor(image_shape).prod()), 512), nn.LeakyReLU(0.2),   # (B, 512)
+            nn.Linear(512, 256), nn.LeakyReLU(0.2),                                     # (B, 256)
+            nn.Linear(256, 1),                                                          # (B, 1)
         )
 
     def forward(self, images):
@@ -73,13 +73,14 @@ class Discriminator(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
-def discriminator_targets(batch_size, smoothing, exchange, device):
-    """BCE targets for D's real and fake halves, with the source document's two tricks.
+bce = nn.BCEWithLogitsLoss()   # sigmoid + binary cross-entropy in one numerically stable op
 
-    One-sided label smoothing: real targets are drawn from [1 - smoothing, 1], so D is never
-    pushed to be certain; fake targets stay exactly 0 (smoothing them too would reward G's
-    fakes). Label exchange: with probability `exchange` the two are swapped for this step, a
-    small dose of wrong labels that keeps D from winning too fast."""
+
+def discriminator_targets(batch_size, smoothing, exchange, device):
+    """D's BCE targets for real and fake images: 1 and 0, with two optional tricks. One-sided label
+    smoothing draws real targets from [1 - smoothing, 1], so D is never pushed to certainty (fake
+    targets stay 0: smoothing them would reward G's fakes). Label exchange swaps the two with
+    probability `exchange`, a dose of wrong labels that keeps D from winning too fast."""
     real_targets = 1 - smoothing * torch.rand(batch_size, 1, device=device)
     fake_targets = torch.zeros(batch_size, 1, device=device)
     if random.random() < exchange:   # a host-side coin: no GPU sync
@@ -87,123 +88,83 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
     return real_targets, fake_targets
 
 
-bce = nn.BCEWithLogitsLoss()   # sigmoid + binary cross-entropy in one numerically stable op
+# ---------------------------------------------------------------------------------------------
+# The training step
+# ---------------------------------------------------------------------------------------------
+def train_step(real_images, generator, discriminator, opt_g, opt_d, args):
+    """One D update, then one G update, on a batch of real images. Returns the values to log."""
+    batch_size, device = real_images.size(0), real_images.device
+
+    # Train D: real images -> real_targets (1), G's images -> fake_targets (0)
+    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
+    z = torch.randn(batch_size, args.latent_dim, device=device)
+    fake_images = generator(z)                          # (B, C, H, W)
+    real_logits = discriminator(real_images)            # (B, 1)
+    fake_logits = discriminator(fake_images.detach())   # detach: this update trains D only
+    loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # Train G: make D call G's images real (target 1)
+    loss_g = bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+            "d_fake": fake_logits.sigmoid().mean()}
+
+
+def build(args, image_shape, n_classes, device):
+    """The networks and optimisers these flags describe."""
+    generator = Generator(args.latent_dim, image_shape).to(device)
+    discriminator = Discriminator(image_shape).to(device)
+    # fused=True: the same Adam arithmetic in one kernel for all parameters (docs/speed.md)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    return generator, discriminator, opt_g, opt_d
+
+
+def load_generator(path, device="cpu"):
+    """The generator that made a run's grids (G's moving average), from its checkpoint.pt or a
+    generator_epoch_*.pt snapshot, in eval mode: load_generator(path)(torch.randn(16, 100))."""
+    saved = common.load_checkpoint(path, "gan")
+    generator = Generator(saved["args"]["latent_dim"], saved["image_shape"])
+    generator.load_state_dict(saved["sampler"])
+    return generator.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The recipe
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
     device = common.pick_device(args.device)
     common.seed_everything(args.seed)
+    if args.generate:   # no training: samples from a checkpoint or snapshot
+        return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    if args.generate:
-        generator = Generator(args.latent_dim, checkpoint["image_shape"]).to(device)
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        generator.eval()   # BatchNorm uses its running statistics, not this batch's
-        with torch.no_grad():
-            z = torch.randn(args.generate, args.latent_dim, device=device)
-            images = torch.cat([generator(chunk) for chunk in z.split(1000)])
-        common.save_generated(args.out, images)
-        return
-
-    # Data: decoded once, batches are cut on the device. Loaded before the run folder is made,
-    # so a data error leaves nothing behind.
-    data = common.load_data(args, device)
-    run_dir = Path(args.out) if checkpoint else common.new_run_folder(args.out)
-    print(f"run folder: {run_dir}", flush=True)
-
-    # Networks and optimisers
-    generator = Generator(args.latent_dim, data.shape).to(device)
-    discriminator = Discriminator(data.shape).to(device)
-    # fused=True: the same Adam arithmetic in one kernel for all parameters instead of many small
-    # ops per tensor: 1.34x faster steps here on a CPU (README, Speed benchmark).
-    opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
+    # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
+    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
+    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
+    decay = (lambda step: 1 - step / total_steps) if args.lr_decay == "linear" else (lambda step: 1.0)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
-    step = 0
-    if checkpoint:
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        common.load_weights(discriminator, checkpoint["discriminator"], "discriminator")
-        opt_g.load_state_dict(checkpoint["opt_g"])
-        opt_d.load_state_dict(checkpoint["opt_d"])
-        fixed_noise = checkpoint["fixed_noise"].to(device)
-        step = checkpoint["step"]
-        common.set_rng_state(checkpoint["rng"])
-        print(f"resumed at step {step} from {run_dir / 'checkpoint.pt'}")
+    state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,
+             "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
 
-    def save_checkpoint():
-        common.save_checkpoint(run_dir / "checkpoint.pt", {
-            "script": "gan", "args": vars(args), "step": step, "epoch": step // steps_per_epoch,
-            "image_shape": data.shape, "generator": generator.state_dict(),
-            "discriminator": discriminator.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "fixed_noise": fixed_noise,
-        })
-
-    def save_samples(name):
-        generator.eval()
-        with torch.no_grad():
-            common.save_grid(generator(fixed_noise), run_dir / name)
-        generator.train()
-
-    steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
-    log = common.LossLog(run_dir, ["loss_d", "loss_g", "d_real", "d_fake"], step, last_step, args.batch_size)
-    stop = common.StopRequest()
-    try:
-        for epoch in range(step // steps_per_epoch, args.epochs):
-            if step >= last_step:
-                break
-            for real_images, _ in data.batches(args.batch_size, epoch, args.seed, skip=step % steps_per_epoch):
-                batch_size = real_images.size(0)
-
-                # ---------------------------------------------------------------------------
-                # Train the discriminator: real images -> real_targets, G's images -> fake_targets
-                # ---------------------------------------------------------------------------
-                real_targets, fake_targets = discriminator_targets(
-                    batch_size, args.label_smoothing, args.label_exchange, device)
-                z = torch.randn(batch_size, args.latent_dim, device=device)
-                fake_images = generator(z)                          # (B, C, H, W)
-                real_logits = discriminator(real_images)            # (B, 1)
-                fake_logits = discriminator(fake_images.detach())   # detach: this step trains D only
-                loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-
-                # ---------------------------------------------------------------------------
-                # Train the generator: make D call the fakes real (non-saturating loss, target 1)
-                # ---------------------------------------------------------------------------
-                loss_g = bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-
-                step += 1
-                log.update(loss_d, loss_g, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean())
-                if step % args.log_every == 0:
-                    log.write(step, epoch, args.epochs)
-                if args.sample_every and step % args.sample_every == 0:
-                    save_samples(f"step_{step:07d}.png")
-                if step >= last_step or stop.requested:
+    with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
+        for epoch in run.epochs():
+            for real_images, _ in run.batches(epoch):
+                logged = train_step(real_images, generator, discriminator, opt_g, opt_d, args)
+                ema.update_parameters(generator)
+                for schedule in schedules:
+                    schedule.step()
+                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
                     break
-
-            # End of the epoch (or of the run): log, grid, checkpoint
-            log.write(step, epoch, args.epochs)   # stops the run on NaN, before the checkpoint
-            if step % steps_per_epoch == 0:
-                save_samples(f"epoch_{epoch + 1:03d}.png")
-                common.save_progress_gif(run_dir)
-            else:
-                save_samples(f"step_{step:07d}.png")
-            save_checkpoint()
-            log.start_clock(step)
-            if stop.requested:
-                print(f"stopped at step {step}; continue with: python gan.py --resume {run_dir / 'checkpoint.pt'}")
-                break
-    finally:
-        stop.close()
-    print(f"done: {step} steps; samples, losses.csv and checkpoint.pt in {run_dir}")
+            run.end_epoch(epoch)   # grid, snapshot, checkpoint
 
 
 if __name__ == "__main__":

@@ -1,38 +1,36 @@
-"""WGAN: Arjovsky, Chintala and Bottou, "Wasserstein GAN", 2017 (arXiv:1701.07875).
+"""WGAN: Arjovsky, Chintala and Bottou, "Wasserstein GAN", ICML 2017 (arXiv:1701.07875).
 
-A vanilla GAN's discriminator is a classifier, and the loss it gives G measures the
-Jensen-Shannon divergence, which is flat (log 2) whenever real and generated images do not
-overlap: G then gets no useful gradient. WGAN replaces the classifier with a critic D that
-outputs a raw score (no sigmoid, no probability) and trains it so that
-mean(D(real)) - mean(D(fake)) estimates the Wasserstein (earth mover's) distance between the two
-distributions; G is trained to shrink that distance. The estimate is only valid if D is
-1-Lipschitz, which WGAN enforces crudely by clamping every critic weight to [-c, c] after each
-critic step. The critic is trained more often than G (n_critic steps per G step) so that its
-estimate stays close to the true distance. The paper's settings are the defaults: RMSprop (no
-momentum, which the clipping makes unstable), lr 5e-5, c = 0.01, n_critic = 5. Label smoothing
-has no meaning for a critic (there are no targets to smooth), so it is not offered.
+A GAN's discriminator is a classifier whose loss gives G the Jensen-Shannon divergence, which is
+flat when real and generated images do not overlap: G then gets no useful gradient. WGAN trains a
+critic D instead: a raw score (no sigmoid) such that mean(D(real)) - mean(D(fake)) estimates the
+Wasserstein distance between the two distributions, which G then shrinks. The estimate needs a
+1-Lipschitz critic, enforced crudely by clamping every critic weight to [-c, c] after each critic
+step; the critic trains n_critic times per G step so that its estimate stays close to the distance.
+The paper's settings are the defaults: RMSprop (no momentum, which clipping makes unstable), lr 5e-5,
+c = 0.01, n_critic = 5. There is no --label-smoothing: a critic has no targets to smooth.
 
-    python wgan.py --epochs 50                     # MNIST, grids and checkpoints in runs/wgan
-    python wgan.py --resume                        # continue the newest run
-    python wgan.py --generate 10000 --resume runs/wgan/checkpoint.pt
+Where this file departs from the paper (a flag gives the paper's setting back):
+- --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
+- --lr-decay: none by default (the paper's constant rate); --label-exchange P swaps the two batches.
+
+    python wgan.py --epochs 50                # MNIST: grids, snapshots and checkpoint.pt in runs/wgan
+    python wgan.py --generate 10000           # samples from the newest run
+    python evaluate.py runs/wgan --curve      # FD for each snapshot
 """
-import math
 import random
-from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 import common
 
 
 def parse_args(argv=None):
-    parser = common.build_parser(
-        "wgan", "WGAN with weight clipping (MLP generator and critic). "
-        "--label-exchange P: with probability P a critic step swaps the real and fake batches. "
-        "There is no --label-smoothing: the critic outputs an unbounded score, not a probability "
-        "trained towards targets, so there is no target to smooth.",
-        img_size=28, batch_size=64, epochs=50, lr=5e-5, latent_dim=100, smoothing=False)
+    parser = common.build_parser("wgan", "WGAN with weight clipping (MLP generator and critic). There is no "
+                                 "--label-smoothing: a critic gives unbounded scores, not probabilities trained "
+                                 "towards targets, so there is nothing to smooth.",
+                                 img_size=28, batch_size=64, epochs=50, lr=5e-5, lr_decay="none", smoothing=False)
     parser.add_argument("--n-critic", type=common.positive_int, default=5,
                         help="critic steps per generator step (counted over the whole run)")
     parser.add_argument("--clip", type=common.positive_float, default=0.01, metavar="C",
@@ -49,17 +47,16 @@ class Generator(nn.Module):
     def __init__(self, latent_dim, image_shape):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        n_pixels = int(torch.tensor(image_shape).prod())
 
         def block(n_in, n_out):
             return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.LeakyReLU(0.2)]
 
         self.net = nn.Sequential(
-            *block(latent_dim, 256),            # (B, 256)
-            *block(256, 512),                   # (B, 512)
-            *block(512, 1024),                  # (B, 1024)
-            nn.Linear(1024, n_pixels),          # (B, C*H*W)
-            nn.Tanh(),                          # images live in [-1, 1], like the data
+            *block(latent_dim, 256),                          # (B, 256)
+            *block(256, 512),                                 # (B, 512)
+            *block(512, 1024),                                # (B, 1024)
+            nn.Linear(1024, int(torch.tensor(image_shape).prod())),   # (B, C*H*W)
+            nn.Tanh(),                                        # images live in [-1, 1], like the data
         )
 
     def forward(self, z):
@@ -67,17 +64,15 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """image (B, C, H, W) -> score (B, 1): higher means more real. A raw score, not a logit:
-    no sigmoid, because the critic estimates a distance, not a probability. No BatchNorm either:
-    each image's score must depend on that image alone."""
+    """image (B, C, H, W) -> score (B, 1), higher for more real. A raw score, not a logit: the critic
+    estimates a distance, not a probability. No BatchNorm: each score depends on its image alone."""
 
     def __init__(self, image_shape):
         super().__init__()
-        n_pixels = int(torch.tensor(image_shape).prod())
         self.net = nn.Sequential(
-            nn.Linear(n_pixels, 512), nn.LeakyReLU(0.2),   # (B, 512)
-            nn.Linear(512, 256), nn.LeakyReLU(0.2),        # (B, 256)
-            nn.Linear(256, 1),                             # (B, 1)
+            nn.Linear(int(torch.tensor(image_shape).prod()), 512), nn.LeakyReLU(0.2),   # (B, 512)
+            nn.Linear(512, 256), nn.LeakyReLU(0.2),                                     # (B, 256)
+            nn.Linear(256, 1),                                                          # (B, 1)
         )
 
     def forward(self, images):
@@ -88,149 +83,107 @@ class Critic(nn.Module):
 # Losses and the Lipschitz constraint
 # ---------------------------------------------------------------------------------------------
 def critic_loss(real_scores, fake_scores):
-    """The critic wants real scores HIGH and fake scores LOW, i.e. to maximise
-    mean(D(real)) - mean(D(fake)). Optimisers minimise, so the loss is its negative:
-    mean(D(fake)) - mean(D(real)), with fake first."""
+    """The critic maximises mean(D(real)) - mean(D(fake)); optimisers minimise, so the loss is
+    mean(D(fake)) - mean(D(real)), fake first."""
     return fake_scores.mean() - real_scores.mean()
 
 
 def generator_loss(fake_scores):
-    """G wants the critic to score its images HIGH: it minimises -mean(D(fake)), which lowers the
-    critic's estimate mean(D(real)) - mean(D(fake)) (G cannot change the real term)."""
+    """G wants its images scored high: it minimises -mean(D(fake)), which lowers the critic's
+    estimate of the distance (G cannot change the real term)."""
     return -fake_scores.mean()
 
 
 def clip_weights(critic, clip):
-    """The paper's crude way to keep the critic Lipschitz: clamp every parameter (weights and
-    biases) to [-clip, clip], in place, outside autograd."""
+    """Keep the critic Lipschitz, crudely: clamp every parameter to [-clip, clip], in place."""
     with torch.no_grad():
         for parameter in critic.parameters():
             parameter.clamp_(-clip, clip)
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The training step
+# ---------------------------------------------------------------------------------------------
+def train_step(real_images, generator, critic, opt_g, opt_d, step, args):
+    """One critic update on a batch of real images, then one G update if this is the n_critic-th
+    step (`step` counts the run's earlier steps, so the rhythm carries across epochs and --resume).
+    Returns the values to log."""
+    batch_size, device = real_images.size(0), real_images.device
+
+    # Train the critic every step, then clip its weights
+    with torch.no_grad():   # this update trains the critic only: no graph through G
+        fake_images = generator(torch.randn(batch_size, args.latent_dim, device=device))   # (B, C, H, W)
+    real_scores, fake_scores = critic(real_images), critic(fake_images)                  # (B, 1) each
+    logged = {"loss_g": generator_loss(fake_scores), "wasserstein": real_scores.mean() - fake_scores.mean()}
+    if random.random() < args.label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
+        real_scores, fake_scores = fake_scores, real_scores
+    loss_critic = critic_loss(real_scores, fake_scores)
+    opt_d.zero_grad(set_to_none=True)
+    loss_critic.backward()
+    opt_d.step()
+    clip_weights(critic, args.clip)
+
+    # Train G once every n_critic critic updates: make the critic score G's images high
+    if (step + 1) % args.n_critic == 0:
+        z = torch.randn(batch_size, args.latent_dim, device=device)   # fresh noise
+        opt_g.zero_grad(set_to_none=True)
+        generator_loss(critic(generator(z))).backward()
+        opt_g.step()
+    return {"loss_critic": loss_critic, **logged}   # loss_g: on this step's fakes, every step
+
+
+def build(args, image_shape, n_classes, device):
+    """The networks and optimisers these flags describe. RMSprop: with clipped weights, momentum
+    (Adam) made training unstable in the authors' experiments."""
+    generator = Generator(args.latent_dim, image_shape).to(device)
+    critic = Critic(image_shape).to(device)
+    opt_g = torch.optim.RMSprop(generator.parameters(), lr=args.lr)
+    opt_d = torch.optim.RMSprop(critic.parameters(), lr=args.lr)   # D is the critic
+    return generator, critic, opt_g, opt_d
+
+
+def load_generator(path, device="cpu"):
+    """The generator that made a run's grids (G's moving average), from its checkpoint.pt or a
+    generator_epoch_*.pt snapshot, in eval mode: load_generator(path)(torch.randn(16, 100))."""
+    saved = common.load_checkpoint(path, "wgan")
+    generator = Generator(saved["args"]["latent_dim"], saved["image_shape"])
+    generator.load_state_dict(saved["sampler"])
+    return generator.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
     device = common.pick_device(args.device)
     common.seed_everything(args.seed)
+    if args.generate:   # no training: samples from a checkpoint or snapshot
+        return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    if args.generate:
-        generator = Generator(args.latent_dim, checkpoint["image_shape"]).to(device)
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        generator.eval()   # BatchNorm uses its running statistics, not this batch's
-        with torch.no_grad():
-            z = torch.randn(args.generate, args.latent_dim, device=device)
-            images = torch.cat([generator(chunk) for chunk in z.split(1000)])
-        common.save_generated(args.out, images)
-        return
-
-    # Data: decoded once, batches are cut on the device. Loaded before the run folder is made,
-    # so a data error leaves nothing behind.
-    data = common.load_data(args, device)
-    run_dir = Path(args.out) if checkpoint else common.new_run_folder(args.out)
-    print(f"run folder: {run_dir}", flush=True)
-
-    # Networks and optimisers. RMSprop as in the paper: momentum-based optimisers (Adam) made
-    # training with clipped weights unstable in the authors' experiments.
-    generator = Generator(args.latent_dim, data.shape).to(device)
-    critic = Critic(data.shape).to(device)
-    opt_g = torch.optim.RMSprop(generator.parameters(), lr=args.lr)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=args.lr)   # D is the critic
+    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    generator, critic, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
+    # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
+    # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
+    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
+    total_g_steps = data.steps_per_epoch(args.batch_size) * args.epochs // args.n_critic
+    decay = (lambda g_step: 1 - g_step / total_g_steps) if args.lr_decay == "linear" else (lambda g_step: 1.0)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
-    step = 0
-    if checkpoint:
-        common.load_weights(generator, checkpoint["generator"], "generator")
-        common.load_weights(critic, checkpoint["critic"], "critic")
-        opt_g.load_state_dict(checkpoint["opt_g"])
-        opt_d.load_state_dict(checkpoint["opt_d"])
-        fixed_noise = checkpoint["fixed_noise"].to(device)
-        step = checkpoint["step"]
-        common.set_rng_state(checkpoint["rng"])
-        print(f"resumed at step {step} from {run_dir / 'checkpoint.pt'}")
+    state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
+             "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
 
-    def save_checkpoint():
-        common.save_checkpoint(run_dir / "checkpoint.pt", {
-            "script": "wgan", "args": vars(args), "step": step, "epoch": step // steps_per_epoch,
-            "image_shape": data.shape, "generator": generator.state_dict(),
-            "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "fixed_noise": fixed_noise,
-        })
-
-    def save_samples(name):
-        generator.eval()
-        with torch.no_grad():
-            common.save_grid(generator(fixed_noise), run_dir / name)
-        generator.train()
-
-    steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    last_step = min(args.max_steps or math.inf, steps_per_epoch * args.epochs)
-    # wasserstein = mean(D(real)) - mean(D(fake)), the critic's distance estimate: the curve to
-    # watch (it should fall as G improves).
-    log = common.LossLog(run_dir, ["loss_critic", "loss_g", "wasserstein"], step, last_step, args.batch_size)
-    stop = common.StopRequest()
-    try:
-        for epoch in range(step // steps_per_epoch, args.epochs):
-            if step >= last_step:
-                break
-            for real_images, _ in data.batches(args.batch_size, epoch, args.seed, skip=step % steps_per_epoch):
-                batch_size = real_images.size(0)
-
-                # ---------------------------------------------------------------------------
-                # Train the critic: every step (one batch), then clip its weights
-                # ---------------------------------------------------------------------------
-                with torch.no_grad():   # this step trains the critic only: no graph through G
-                    z = torch.randn(batch_size, args.latent_dim, device=device)
-                    fake_images = generator(z)   # (B, C, H, W)
-                real_scores = critic(real_images)   # (B, 1)
-                fake_scores = critic(fake_images)   # (B, 1)
-                # For the log only, taken before any swap: the critic's distance estimate, and
-                # G's loss on these fakes (so loss_g has a value on every step, not every n-th).
-                wasserstein = real_scores.mean() - fake_scores.mean()
-                loss_g = generator_loss(fake_scores)
-                if random.random() < args.label_exchange:   # label exchange, critic form (host-side coin)
-                    real_scores, fake_scores = fake_scores, real_scores
-                loss_critic = critic_loss(real_scores, fake_scores)   # mean(D(fake)) - mean(D(real))
-                opt_d.zero_grad(set_to_none=True)
-                loss_critic.backward()
-                opt_d.step()
-                clip_weights(critic, args.clip)   # after EVERY critic step
-                step += 1
-
-                # ---------------------------------------------------------------------------
-                # Train the generator: once per n_critic critic steps. `step` counts critic
-                # steps over the whole run, so the rhythm carries across epochs and --resume.
-                # ---------------------------------------------------------------------------
-                if step % args.n_critic == 0:
-                    z = torch.randn(batch_size, args.latent_dim, device=device)   # fresh noise
-                    opt_g.zero_grad(set_to_none=True)
-                    generator_loss(critic(generator(z))).backward()   # -mean(D(G(z)))
-                    opt_g.step()
-
-                log.update(loss_critic, loss_g, wasserstein)
-                if step % args.log_every == 0:
-                    log.write(step, epoch, args.epochs)
-                if args.sample_every and step % args.sample_every == 0:
-                    save_samples(f"step_{step:07d}.png")
-                if step >= last_step or stop.requested:
+    with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
+        for epoch in run.epochs():
+            for real_images, _ in run.batches(epoch):
+                logged = train_step(real_images, generator, critic, opt_g, opt_d, run.step, args)
+                if (run.step + 1) % args.n_critic == 0:   # G was updated: its average and the schedules follow
+                    ema.update_parameters(generator)
+                    for schedule in schedules:
+                        schedule.step()
+                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
                     break
-
-            # End of the epoch (or of the run): log, grid, checkpoint
-            log.write(step, epoch, args.epochs)   # stops the run on NaN, before the checkpoint
-            if step % steps_per_epoch == 0:
-                save_samples(f"epoch_{epoch + 1:03d}.png")
-                common.save_progress_gif(run_dir)
-            else:
-                save_samples(f"step_{step:07d}.png")
-            save_checkpoint()
-            log.start_clock(step)
-            if stop.requested:
-                print(f"stopped at step {step}; continue with: python wgan.py --resume {run_dir / 'checkpoint.pt'}")
-                break
-    finally:
-        stop.close()
-    print(f"done: {step} steps; samples, losses.csv and checkpoint.pt in {run_dir}")
+            run.end_epoch(epoch)   # grid, snapshot, checkpoint
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ For every script at its defaults (batch size, image size, widths, n_critic ...) 
 - script: `python <script>.py --max-steps W+K --log-every C` in a subprocess on the real data;
   the images/s of its progress lines after the W warm-up steps (the clock of common.LossLog,
   which leaves out start-up, data decoding and checkpoint writing);
-- model limit: the same networks, optimisers and losses (the script's training step written out
-  again below, one small function per script), run on one batch already on the device: no data,
-  no logging, no bookkeeping. The gap between this and the script is what the loop adds;
+- model limit: the script's own train_step (imported from it, with the networks and optimisers of
+  its build()), run on one batch already on the device: no data, no logging, no moving average, no
+  bookkeeping. The gap between this and the script is what the loop adds;
 - conventional: that same step fed the way most GAN repositories feed it (PyTorch-GAN,
   pytorch/examples): torchvision's MNIST dataset and a DataLoader, each image decoded to PIL and
   put through Resize, ToTensor and Normalize one by one, every step.
@@ -30,6 +30,7 @@ slow down erratically when the cores are oversubscribed). Scripts not written ye
 """
 import argparse
 import importlib
+import inspect
 import itertools
 import os
 import re
@@ -51,7 +52,7 @@ SCRIPTS = ("gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="speed.py", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="speed.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -64,7 +65,7 @@ def parse_args(argv=None):
         help="steps per timed chunk (the scripts' --log-every); each measurement keeps its best chunk")
     add("--repeat", type=common.positive_int, default=1, help="measure everything R times, interleaved")
     add("--threads", type=int, default=0, help="CPU threads for all three measurements (0: torch's default)")
-    add("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    add("--dataset", choices=("mnist", "fashion-mnist"), default="mnist", help="the data every script trains on")
     add("--data-root", default="data", help="where the dataset lives (torchvision's layout)")
     add("--unfused", action="store_true",
         help="also time the model limit with PyTorch's default (unfused) Adam: what fused=True gains")
@@ -74,146 +75,25 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Each script's training step, written out again from the script (networks, optimisers, losses
-# taken from the script itself). build_<script>(module, args, shape, n_classes, device) returns
-# step(real_images, real_labels). Keep them in step with the scripts' loops.
+# Each script's own training step, called as its main() calls it
 # ---------------------------------------------------------------------------------------------
-def adam_pair(generator, discriminator, args, betas=(0.5, 0.999)):
-    """The scripts' Adam (fused); args.unfused_adam (only --unfused) gives PyTorch's default instead."""
-    fused = None if getattr(args, "unfused_adam", False) else True   # None: PyTorch picks (foreach)
-    return (torch.optim.Adam(generator.parameters(), lr=args.lr, betas=betas, fused=fused),
-            torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=betas, fused=fused))
-
-
-def bce_step(module, generator, discriminator, args, device):
-    """gan.py and dcgan.py: D on real and detached fakes, then G with the non-saturating loss."""
-    opt_g, opt_d = adam_pair(generator, discriminator, args)
-
-    def step(real_images, real_labels):
-        batch_size = real_images.size(0)
-        real_targets, fake_targets = module.discriminator_targets(
-            batch_size, args.label_smoothing, args.label_exchange, device)
-        z = torch.randn(batch_size, args.latent_dim, device=device)
-        fake_images = generator(z)
-        loss_d = (module.bce(discriminator(real_images), real_targets)
-                  + module.bce(discriminator(fake_images.detach()), fake_targets))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        loss_g = module.bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-    return step
-
-
-def build_gan(gan, args, shape, n_classes, device):
-    generator, discriminator = gan.Generator(args.latent_dim, shape), gan.Discriminator(shape)
-    return bce_step(gan, generator.to(device), discriminator.to(device), args, device)
-
-
-def build_dcgan(dcgan, args, shape, n_classes, device):
-    generator = dcgan.Generator(args.latent_dim, shape[0], args.img_size, args.width)
-    discriminator = dcgan.Discriminator(shape[0], args.img_size, args.width)
-    return bce_step(dcgan, generator.to(device), discriminator.to(device), args, device)
-
-
-def build_cgan(cgan, args, shape, n_classes, device):
-    generator = cgan.Generator(args.latent_dim, n_classes, shape).to(device)
-    discriminator = cgan.Discriminator(n_classes, shape).to(device)
-    opt_g, opt_d = adam_pair(generator, discriminator, args)
+def script_step(module, args, shape, n_classes, device):
+    """step(real_images, real_labels): the script's train_step on the networks and optimisers its
+    build() makes, with the arguments main() gives it (matched by name: real_labels for the
+    conditional scripts, the step count for the WGAN scripts' n_critic rhythm)."""
+    generator, discriminator, opt_g, opt_d = module.build(args, shape, n_classes, device)
+    if getattr(args, "unfused_adam", False):   # PyTorch's default Adam: what fused=True gains
+        opt_g, opt_d = (torch.optim.Adam(o.param_groups[0]["params"], **{**o.defaults, "fused": None})
+                        if isinstance(o, torch.optim.Adam) else o for o in (opt_g, opt_d))
+    names = inspect.signature(module.train_step).parameters
+    count = itertools.count()
 
     def step(real_images, real_labels):
-        batch_size = real_images.size(0)
-        real_targets, fake_targets = cgan.discriminator_targets(
-            batch_size, args.label_smoothing, args.label_exchange, device)
-        z = torch.randn(batch_size, args.latent_dim, device=device)
-        fake_labels = torch.randint(0, n_classes, (batch_size,), device=device)
-        fake_images = generator(z, fake_labels)
-        loss_d = (cgan.bce(discriminator(real_images, real_labels), real_targets)
-                  + cgan.bce(discriminator(fake_images.detach(), fake_labels), fake_targets))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        loss_g = cgan.bce(discriminator(fake_images, fake_labels), torch.ones(batch_size, 1, device=device))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        given = {"real_images": real_images, "real_labels": real_labels, "generator": generator,
+                 "discriminator": discriminator, "critic": discriminator, "opt_g": opt_g, "opt_d": opt_d,
+                 "step": next(count), "args": args}
+        module.train_step(**{name: given[name] for name in names})
     return step
-
-
-def build_acgan(acgan, args, shape, n_classes, device):
-    generator = acgan.Generator(args.latent_dim, n_classes, shape, args.width).to(device)
-    discriminator = acgan.Discriminator(n_classes, shape, args.width).to(device)
-    opt_g, opt_d = adam_pair(generator, discriminator, args)
-
-    def step(real_images, real_labels):
-        batch_size = real_images.size(0)
-        real_targets, fake_targets = acgan.discriminator_targets(
-            batch_size, args.label_smoothing, args.label_exchange, device)
-        z = torch.randn(batch_size, args.latent_dim, device=device)
-        fake_labels = torch.randint(0, n_classes, (batch_size,), device=device)
-        fake_images = generator(z, fake_labels)
-        real_logits, real_class_logits = discriminator(real_images)
-        fake_logits, fake_class_logits = discriminator(fake_images.detach())
-        loss_d = (acgan.bce(real_logits, real_targets) + acgan.class_loss(real_class_logits, real_labels)
-                  + acgan.bce(fake_logits, fake_targets))
-        if args.fake_class_loss:
-            loss_d = loss_d + acgan.class_loss(fake_class_logits, fake_labels)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        g_logits, g_class_logits = discriminator(fake_images)
-        loss_g = (acgan.bce(g_logits, torch.ones(batch_size, 1, device=device))
-                  + acgan.class_loss(g_class_logits, fake_labels))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-    return step
-
-
-def critic_step(module, args, shape, device, optimisers, penalty):
-    """wgan.py and wgan_gp.py: a critic update every step (clipping, or a gradient penalty),
-    a generator update every n_critic steps."""
-    generator = module.Generator(args.latent_dim, shape).to(device)
-    critic = module.Critic(shape).to(device)
-    opt_g, opt_d = optimisers(generator, critic)
-    count = itertools.count(1)
-
-    def step(real_images, real_labels):
-        batch_size = real_images.size(0)
-        with torch.no_grad():
-            fake_images = generator(torch.randn(batch_size, args.latent_dim, device=device))
-        loss_critic = module.critic_loss(critic(real_images), critic(fake_images))
-        if penalty:
-            loss_critic = loss_critic + module.gradient_penalty(critic, real_images, fake_images, args.lambda_gp)
-        opt_d.zero_grad(set_to_none=True)
-        loss_critic.backward()
-        opt_d.step()
-        if not penalty:
-            module.clip_weights(critic, args.clip)
-        if next(count) % args.n_critic == 0:
-            z = torch.randn(batch_size, args.latent_dim, device=device)
-            opt_g.zero_grad(set_to_none=True)
-            module.generator_loss(critic(generator(z))).backward()
-            opt_g.step()
-    return step
-
-
-def build_wgan(wgan, args, shape, n_classes, device):
-    def rmsprop(generator, critic):
-        return (torch.optim.RMSprop(generator.parameters(), lr=args.lr),
-                torch.optim.RMSprop(critic.parameters(), lr=args.lr))
-    return critic_step(wgan, args, shape, device, rmsprop, penalty=False)
-
-
-def build_wgan_gp(wgan_gp, args, shape, n_classes, device):
-    return critic_step(wgan_gp, args, shape, device, lambda g, c: adam_pair(g, c, args, betas=(0.5, 0.9)),
-                       penalty=True)
-
-
-BUILDERS = {"gan": build_gan, "cgan": build_cgan, "acgan": build_acgan, "wgan": build_wgan,
-            "wgan_gp": build_wgan_gp, "dcgan": build_dcgan}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +126,7 @@ def model_limit(name, module, args, data, options, device, unfused_adam=False):
     """The script's step on one batch already on the device, over and over."""
     common.seed_everything(0)
     args = argparse.Namespace(**vars(args), unfused_adam=unfused_adam)
-    step = BUILDERS[name](module, args, data.shape, data.n_classes, device)
+    step = script_step(module, args, data.shape, data.n_classes, device)
     batch = next(data.batches(args.batch_size, epoch=0, seed=0))
     return timed(step, itertools.repeat(batch), options, args.batch_size, device)
 
@@ -256,7 +136,7 @@ def conventional(name, module, args, data, options, device):
     import torchvision
     from torchvision import transforms
     common.seed_everything(0)
-    step = BUILDERS[name](module, args, data.shape, data.n_classes, device)
+    step = script_step(module, args, data.shape, data.n_classes, device)
     dataset_class = {"mnist": torchvision.datasets.MNIST,
                      "fashion-mnist": torchvision.datasets.FashionMNIST}[args.dataset]
     dataset = dataset_class(options.data_root, train=True, download=False, transform=transforms.Compose([

@@ -1,12 +1,14 @@
 """Shared test helpers: tiny datasets written on the spot (never a download) and ways to run a
 script in-process (fast) or as a real subprocess (exit codes, stderr, signals)."""
 import gzip
+import inspect
 import os
 import signal
 import struct
 import subprocess
 import sys
 from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +97,8 @@ def to_uint8(images):
 
 
 def state_tensors(checkpoint):
-    """Every network tensor of a checkpoint, named "<network>.<parameter>"."""
-    nets = [net for net in ("generator", "discriminator", "critic") if net in checkpoint]
+    """Every network tensor of a checkpoint (the moving average included), named "<network>.<parameter>"."""
+    nets = [net for net in ("generator", "discriminator", "critic", "ema", "sampler") if net in checkpoint]
     return {f"{net}.{k}": v for net in nets for k, v in checkpoint[net].items()}
 
 
@@ -136,3 +138,48 @@ def interrupt_training(script, out):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     return process.returncode, stdout, stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The direction of learning: one call of a script's train_step on a fixed batch
+# ---------------------------------------------------------------------------------------------
+def call_train_step(module, nets, real_images, real_labels, args, step=0):
+    """module.train_step with the arguments its main() gives it, matched by name."""
+    generator, discriminator, opt_g, opt_d = nets
+    given = {"real_images": real_images, "real_labels": real_labels, "generator": generator,
+             "discriminator": discriminator, "critic": discriminator, "opt_g": opt_g, "opt_d": opt_d,
+             "step": step, "args": args}
+    return module.train_step(**{name: given[name] for name in inspect.signature(module.train_step).parameters})
+
+
+def mean_score(discriminator, images, labels):
+    """D's mean realness (logit or critic score) of images, as in training: train mode (BatchNorm on
+    this batch), the same dropout masks for every call, on a copy so nothing in D changes."""
+    torch.manual_seed(1234)
+    copy = deepcopy(discriminator).train()
+    with torch.no_grad():
+        scores = copy(images, labels) if "labels" in inspect.signature(copy.forward).parameters else copy(images)
+    return (scores[0] if isinstance(scores, tuple) else scores).mean().item()
+
+
+def learning_directions(module, flags=(), step=0, seed=0):
+    """Build the script's networks (its build()) and take one train_step on a batch of fake data.
+    Returns D's margin mean D(real) - mean D(fake) on fixed fakes of the old G, before and after the
+    step, and the new D's mean score of G's images before and after G's update."""
+    args = module.parse_args(["--dataset", "fake", *map(str, flags)])[0]
+    data = common.load_data(args, torch.device("cpu"))
+    real_images, real_labels = next(data.batches(64, epoch=0, seed=seed))
+    common.seed_everything(seed)
+    nets = module.build(args, data.shape, data.n_classes, torch.device("cpu"))
+    generator, discriminator = nets[0], nets[1]
+    z, z_labels = torch.randn(256, args.latent_dim), torch.arange(256) % data.n_classes
+    old_generator = deepcopy(generator)
+    with torch.no_grad():
+        old_fakes = (old_generator(z, z_labels) if args.conditional else old_generator(z))
+    margin_before = mean_score(discriminator, real_images, real_labels) - mean_score(discriminator, old_fakes, z_labels)
+    call_train_step(module, nets, real_images, real_labels, args, step)
+    with torch.no_grad():
+        new_fakes = generator(z, z_labels) if args.conditional else generator(z)
+    margin_after = mean_score(discriminator, real_images, real_labels) - mean_score(discriminator, old_fakes, z_labels)
+    return {"d_margin": (margin_before, margin_after),
+            "g_score": (mean_score(discriminator, old_fakes, z_labels), mean_score(discriminator, new_fakes, z_labels))}

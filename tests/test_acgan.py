@@ -1,7 +1,7 @@
-"""acgan.py: one-batch runs on fake and MNIST-format data and in the source document's own
-setting (64x64 RGB, two classes, width 128), the networks and their init, the class loss on
-logits, label tricks that spare the class targets, class-ordered grids, --generate with labels
-and --label, resume exactness, and bad input."""
+"""acgan.py: one-batch runs on fake and MNIST-format data and at full size (64x64 RGB, two classes,
+width 128), the networks and their init, the class loss on logits, label tricks that spare the class
+targets, class-ordered grids, --generate with labels and --label, resume exactness, the direction
+of learning, and bad input."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import acgan
 import common
-from conftest import load, run_inprocess, state_tensors, to_uint8, write_image_folder
+from conftest import call_train_step, learning_directions, load, run_inprocess, state_tensors, to_uint8, write_image_folder
 
 # Small width and batch: the tests exercise the code, not the quality of the samples.
 FAST = ["--dataset", "fake", "--width", "8", "--batch-size", "32", "--log-every", "1"]
@@ -23,7 +23,7 @@ def test_one_batch_on_fake_data_trains_both_networks_and_saves_a_class_ordered_g
     assert checkpoint["image_shape"] == (1, 32, 32)   # the default --img-size
     common.seed_everything(0)
     fresh_g = acgan.Generator(100, 10, (1, 32, 32), 8)
-    fresh_d = acgan.Discriminator(10, (1, 32, 32), 8)
+    fresh_d = acgan.Discriminator(10, (1, 32, 32), 8, 0.3)
     for fresh, name, keys in ((fresh_g, "generator", ("project.weight", "label_embedding.weight")),
                               (fresh_d, "discriminator", ("net.0.weight", "realness_head.weight",
                                                           "class_head.weight"))):
@@ -33,7 +33,6 @@ def test_one_batch_on_fake_data_trains_both_networks_and_saves_a_class_ordered_g
     assert rows[0] == "step,epoch,loss_d,loss_g,d_real,d_fake,acc_real,acc_fake" and len(rows) == 2
     values = [float(v) for v in rows[1].split(",")[2:]]
     assert all(np.isfinite(values)) and all(0 <= v <= 1 for v in values[2:])
-    assert torch.equal(checkpoint["fixed_labels"], torch.arange(10).repeat_interleave(10))
     assert torch.equal(checkpoint["fixed_noise"][90:100], checkpoint["fixed_noise"][:10])
     from PIL import Image
     assert Image.open(out / "step_0000001.png").size == (10 * 34 + 2, 10 * 34 + 2)   # 10 rows of 10, 32 px
@@ -47,7 +46,7 @@ def test_one_batch_on_mnist_format_files_resized_to_32(tmp_path, mnist_root):
     assert checkpoint["image_shape"] == (1, 32, 32) and checkpoint["n_classes"] == 10
 
 
-def test_the_documents_own_setting_64px_rgb_two_classes_width_128(tmp_path):
+def test_the_full_size_setting_64px_rgb_two_classes_width_128(tmp_path):
     root = write_image_folder(tmp_path / "pets", classes=("cats", "dogs"), per_class=4, size=72)
     out = tmp_path / "run"
     assert run_inprocess(acgan.main, ["--dataset", "folder", "--data-root", root, "--img-size", "64",
@@ -56,7 +55,7 @@ def test_the_documents_own_setting_64px_rgb_two_classes_width_128(tmp_path):
     checkpoint = load(out / "checkpoint.pt")
     assert checkpoint["image_shape"] == (3, 64, 64) and checkpoint["n_classes"] == 2
     assert checkpoint["class_names"] == ["cats", "dogs"]
-    # The document's layer sizes: Linear to 1024 x 4 x 4, 1024 -> 512 -> 256 -> 128 -> 3; D mirrored.
+    # The full-size layers: Linear to 1024 x 4 x 4, 1024 -> 512 -> 256 -> 128 -> 3; D mirrored.
     generator, discriminator = checkpoint["generator"], checkpoint["discriminator"]
     assert generator["project.weight"].shape == (1024 * 4 * 4, 100)
     assert generator["net.2.weight"].shape == (1024, 512, 4, 4)
@@ -73,7 +72,7 @@ def test_the_documents_own_setting_64px_rgb_two_classes_width_128(tmp_path):
 def test_networks_shapes_heads_and_initialisation():
     torch.manual_seed(0)
     generator = acgan.Generator(100, 10, (1, 32, 32), 32)
-    discriminator = acgan.Discriminator(10, (1, 32, 32), 32)
+    discriminator = acgan.Discriminator(10, (1, 32, 32), 32, 0.3)
     convs = [m for m in generator.net if isinstance(m, nn.ConvTranspose2d)]
     assert [(m.in_channels, m.out_channels) for m in convs] == [(256, 128), (128, 64), (64, 32), (32, 1)]
     assert all(m.kernel_size == (4, 4) and m.stride == (2, 2) and m.padding == (1, 1) for m in convs)
@@ -83,6 +82,9 @@ def test_networks_shapes_heads_and_initialisation():
     norms = [m.num_features for m in discriminator.net if isinstance(m, nn.BatchNorm2d)]
     assert norms == [64, 128, 256]
     assert not isinstance(discriminator.net[1], nn.BatchNorm2d)
+    # Dropout after each convolution's activation (--d-dropout, 0.3 by default)
+    assert [m.p for m in discriminator.net if isinstance(m, nn.Dropout)] == [0.3] * 4
+    assert acgan.parse_args([])[0].d_dropout == 0.3
     # Init: conv/linear weights N(0, 0.02), biases 0, BatchNorm weights 1
     for module in [*generator.modules(), *discriminator.modules()]:
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -203,10 +205,10 @@ def test_generate_cycles_through_the_classes_or_gives_one_with_label(tmp_path, c
 
     def expected(n, labels, seed):
         # Rebuilt by hand: eval-mode BatchNorm, the seed's noise, the given labels.
-        common.seed_everything(seed)
-        generator = acgan.Generator(100, 10, (1, 32, 32), 8)   # building it draws from the RNG, as in acgan.py
-        generator.load_state_dict(checkpoint["generator"])
+        generator = acgan.Generator(100, 10, (1, 32, 32), 8)
+        generator.load_state_dict(checkpoint["sampler"])   # G's moving average
         generator.eval()
+        common.seed_everything(seed)
         with torch.no_grad():
             return to_uint8(generator(torch.randn(n, 100), labels))
 
@@ -217,14 +219,14 @@ def test_generate_cycles_through_the_classes_or_gives_one_with_label(tmp_path, c
     assert labels.dtype == np.int64 and labels.tolist() == [k % 10 for k in range(23)]
     assert np.array_equal(images, expected(23, torch.arange(23) % 10, 5))
     assert run_inprocess(acgan.main, ["--generate", "4", "--resume", out / "checkpoint.pt", "--label", "9"]) == 0
-    with np.load(out / "generated.npz") as npz:
+    with np.load(out / "generated-2.npz") as npz:
         assert npz["labels"].tolist() == [9] * 4
         assert np.array_equal(npz["images"], expected(4, torch.full((4,), 9), 0))
     capsys.readouterr()
     for label in ("10", "-2"):
         code = run_inprocess(acgan.main, ["--generate", "4", "--resume", out / "checkpoint.pt", "--label", label])
         err = capsys.readouterr().err
-        assert code == 2 and f"--label {label}: the run's data has 10 classes, 0 to 9" in err
+        assert code == 2 and f"--label {label}: the run's classes are 0 to 9" in err
 
 
 def test_img_size_must_be_a_multiple_of_16(tmp_path, capsys):
@@ -273,3 +275,29 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, argv, expected):
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
+    """D's update raises its real-minus-fake margin; G's update raises D's realness score of G's
+    images. Flipping G's target or swapping D's targets reverses one of them."""
+    for seed in range(3):
+        moved = learning_directions(acgan, ["--width", "8"], seed=seed)
+        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.01, moved
+        assert moved["g_score"][1] > moved["g_score"][0] + 0.005, moved
+
+
+def test_d_steps_teach_the_class_head_the_classes_of_real_images():
+    args = acgan.parse_args(["--dataset", "fake", "--width", "8"])[0]
+    data = common.load_data(args, torch.device("cpu"))
+    real_images, real_labels = next(data.batches(64, epoch=0, seed=0))
+    common.seed_everything(0)
+    nets = acgan.build(args, data.shape, data.n_classes, torch.device("cpu"))
+
+    def class_accuracy():
+        torch.manual_seed(5)   # the same dropout masks each time
+        with torch.no_grad():
+            return (nets[1](real_images)[1].argmax(1) == real_labels).float().mean().item()
+    before = class_accuracy()
+    for step in range(10):
+        call_train_step(acgan, nets, real_images, real_labels, args, step)
+    assert before < 0.2 and class_accuracy() > before + 0.15

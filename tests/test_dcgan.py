@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import common
 import dcgan
-from conftest import load, run_inprocess, to_uint8, write_image_folder
+from conftest import learning_directions, load, run_inprocess, to_uint8, write_image_folder
 
 TINY = ["--width", "8", "--batch-size", "16", "--log-every", "1"]
 
@@ -183,7 +183,7 @@ def test_defaults_and_optimisers_are_the_papers(tmp_path):
     checkpoint = load(out / "checkpoint.pt")
     for name in ("opt_g", "opt_d"):
         group = checkpoint[name]["param_groups"][0]
-        assert group["lr"] == 2e-4 and tuple(group["betas"]) == (0.5, 0.999)
+        assert group["initial_lr"] == 2e-4 and tuple(group["betas"]) == (0.5, 0.999)
     assert checkpoint["args"]["batch_size"] == 128
 
 
@@ -233,7 +233,7 @@ def test_resume_refuses_another_width_or_size(tmp_path, capsys):
         assert f"{flag} cannot change" in capsys.readouterr().err
 
 
-def test_generate_writes_npz_from_the_generator_in_eval_mode(tmp_path, capsys):
+def test_generate_writes_npz_from_the_moving_average_in_eval_mode(tmp_path, capsys):
     out = tmp_path / "run"
     folder = write_image_folder(tmp_path / "pictures", per_class=16, mode="RGB")
     assert run_inprocess(dcgan.main, ["--dataset", "folder", "--data-root", folder, *TINY,
@@ -243,12 +243,12 @@ def test_generate_writes_npz_from_the_generator_in_eval_mode(tmp_path, capsys):
         images = npz["images"]
     assert images.shape == (25, 3, 16, 16) and images.dtype == np.uint8
     assert (out / "generated.png").is_file()
-    # Rebuild the samples by hand: eval-mode BatchNorm (running statistics), seed 7's noise.
+    # Rebuild the samples by hand: G's moving average, eval-mode BatchNorm, seed 7's noise.
     checkpoint = load(out / "checkpoint.pt")
-    common.seed_everything(7)
-    generator = dcgan.Generator(100, 3, 16, 8)   # (building it draws from the RNG, as in dcgan.py)
-    generator.load_state_dict(checkpoint["generator"])
+    generator = dcgan.Generator(100, 3, 16, 8)
+    generator.load_state_dict(checkpoint["sampler"])
     generator.eval()
+    common.seed_everything(7)
     z = torch.randn(25, 100)
     with torch.no_grad():
         expected = to_uint8(generator(z))
@@ -262,3 +262,12 @@ def test_a_zero_width_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_inprocess(dcgan.main, ["--dataset", "fake", "--width", "0", "--out", out]) == 2
     assert "--width" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
+    """D's update raises its real-minus-fake margin; G's update raises D's score of G's images.
+    Flipping G's target or swapping D's targets reverses one of them."""
+    for seed in range(3):
+        moved = learning_directions(dcgan, ["--width", "8"], seed=seed)
+        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.05, moved
+        assert moved["g_score"][1] > moved["g_score"][0] + 0.02, moved

@@ -1,22 +1,20 @@
 """evaluate.py: the Frechet distance against closed forms, the metrics on tiny MNIST-format data
-with a tiny classifier, its cache, run folders end to end through the scripts' --generate, and
-bad input."""
-import contextlib
+with a tiny classifier, its cache, run folders scored from their generators drawn in memory (every
+script, seeds, snapshots and --curve), where the data root is found, and bad input."""
 import importlib
-import io
 import json
 import math
-import os
-import subprocess
-import types
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import common
 import evaluate
 import gan
-from conftest import ROOT, run_inprocess, run_subprocess, write_idx_dataset
+from conftest import ROOT, load, run_inprocess, run_subprocess, to_uint8, write_idx_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,20 +122,6 @@ def tiny(tmp_path_factory):
     return {"root": root, "test": test, "labels": test_labels, "train": images, "accuracy": accuracy}
 
 
-@pytest.fixture
-def generate_inprocess(monkeypatch):
-    """evaluate.py runs `python <script>.py --generate N --resume CKPT` as a subprocess; here the
-    same command runs in this process (seconds saved per call). The real subprocess is exercised
-    by the command-line test below."""
-    def run(command, capture_output, text):
-        module = importlib.import_module(os.path.basename(command[1])[:-3])
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_inprocess(module.main, command[2:])
-        return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
-    monkeypatch.setattr(evaluate, "subprocess", types.SimpleNamespace(run=run))
-
-
 def write_npz(path, images, labels=None):
     arrays = {"images": np.asarray(images)}
     if labels is not None:
@@ -146,10 +130,11 @@ def write_npz(path, images, labels=None):
     return path
 
 
-def score(npz, root, capsys, *flags):
-    """evaluate.py --json in-process: its JSON object, plus what it said on stderr as "_stderr"."""
+def score(source, root, capsys, *flags):
+    """evaluate.py --json in-process: its JSON object, plus what it said on stderr as "_stderr".
+    root None: no --data-root (a run's own is used)."""
     capsys.readouterr()
-    code = run_inprocess(evaluate.main, [npz, "--data-root", root, "--json", *flags])
+    code = run_inprocess(evaluate.main, [source, *(["--data-root", root] if root else []), "--json", *flags])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     return {**json.loads(printed.out), "_stderr": printed.err}
@@ -246,65 +231,215 @@ def test_the_classifier_trains_on_first_use_then_comes_from_the_cache(tmp_path, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Run folders: the scripts' own --generate
+# Run folders: samples drawn in memory from the generator the run's grids show
 # ---------------------------------------------------------------------------------------------
-def test_a_gan_run_folder_end_to_end_from_the_command_line(tiny, tmp_path):
-    run = tmp_path / "runs" / "gan"
-    assert run_inprocess(gan.main, ["--data-root", tiny["root"], "--max-steps", "1", "--out", run]) == 0
-    # No --data-root: the run's own is used. generated.npz is made by `gan.py --generate 50`.
-    result = run_subprocess("evaluate.py", run, "--n", "50", "--json", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    scores = json.loads(result.stdout)
-    assert scores["script"] == "gan" and scores["n"] == 50 and scores["class_accuracy"] is None
-    assert scores["fd"] > scores["fd_floor"]          # one step of training: far from the data
-    assert "python gan.py --generate 50" in result.stderr
-    with np.load(run / "generated.npz") as npz:
-        assert npz["images"].shape == (50, 1, 28, 28) and npz["images"].dtype == np.uint8
-
-
-def test_a_run_folder_reuses_its_npz_until_the_checkpoint_is_newer(tiny, tmp_path, capsys, generate_inprocess):
-    run = tmp_path / "run"
-    assert run_inprocess(gan.main, ["--data-root", tiny["root"], "--max-steps", "1", "--out", run]) == 0
-    first = score(run, tiny["root"], capsys, "--n", "30", "--device", "cpu")
-    assert "python gan.py --generate 30" in first["_stderr"]
-    made = (run / "generated.npz").stat().st_mtime_ns
-    again = score(run, tiny["root"], capsys, "--n", "20")          # 30 >= 20: no new samples
-    assert (run / "generated.npz").stat().st_mtime_ns == made and again["n"] == 20
-    assert score(run / "checkpoint.pt", tiny["root"], capsys, "--n", "30")["fd"] == first["fd"]
-    later = made / 1e9 + 5                                          # training went on since
-    os.utime(run / "checkpoint.pt", (later, later))
-    assert "older than checkpoint.pt" in score(run, tiny["root"], capsys, "--n", "30")["_stderr"]
-    assert (run / "generated.npz").stat().st_mtime_ns != made
-    # Asking for more than the npz holds generates again, with the number asked for.
-    assert score(run, tiny["root"], capsys, "--n", "40")["n"] == 40
-    with np.load(run / "generated.npz") as npz:
-        assert len(npz["images"]) == 40
-
-
+CPU = torch.device("cpu")
 CONDITIONAL = {"cgan", "acgan"}
 NARROW = {"dcgan": ["--width", "8"], "acgan": ["--width", "8"]}   # the convolutional ones, made cheap
 
 
+def files_of(folder):
+    """Every file and folder under `folder` with its size and modification time: "nothing written"."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*"))
+
+
+def numbers(result):
+    """A result without what names its source: the scores alone."""
+    return {k: v for k, v in result.items() if k not in ("source", "_stderr")}
+
+
+@pytest.fixture(scope="module")
+def gan_run(tiny, tmp_path_factory):
+    """A finished gan run on the tiny MNIST: 3 epochs of 4 steps, snapshots of epochs 1, 2 and 3."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    flags = ["--data-root", tiny["root"], "--epochs", 3, "--batch-size", 64, "--snapshot-every", 2, "--out", run]
+    assert run_inprocess(gan.main, flags) == 0
+    assert sorted(p.name for p in run.glob("generator_epoch_*.pt")) == [f"generator_epoch_00{e}.pt" for e in (1, 2, 3)]
+    return run
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny, tmp_path_factory):
+    """A gan run stopped after one step, mid-epoch: a checkpoint.pt and no snapshot."""
+    run = tmp_path_factory.mktemp("short") / "run"
+    assert run_inprocess(gan.main, ["--data-root", tiny["root"], "--max-steps", 1, "--out", run]) == 0
+    assert (run / "checkpoint.pt").is_file() and not list(run.glob("generator_epoch_*.pt"))
+    return run
+
+
+def test_a_gan_run_folder_end_to_end_from_the_command_line(short_run):
+    before = files_of(short_run)
+    # No --data-root: the run's own (absolute) is used, and the classifier cached there.
+    result = run_subprocess("evaluate.py", short_run, "--n", "50", "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["script"] == "gan" and scores["n"] == 50 and scores["class_accuracy"] is None
+    assert scores["source"] == str(short_run / "checkpoint.pt") and scores["epoch"] is None
+    assert scores["fd"] > scores["fd_floor"]          # one step of training: far from the data
+    assert "training the" not in result.stderr
+    assert files_of(short_run) == before              # nothing written beside the run
+
+
+def test_the_samples_are_the_run_s_sampling_generator_s_in_eval_mode(gan_run):
+    images, labels = evaluate.draw_samples("gan", gan_run / "checkpoint.pt", 16, 5, CPU)
+    assert labels is None and images.dtype == torch.uint8 and images.shape == (16, 1, 28, 28)
+    checkpoint = load(gan_run / "checkpoint.pt")
+    generator = gan.Generator(100, (1, 28, 28))
+    # The moving average in eval mode with seed 5's noise; G's own last weights give other images.
+    for weights, same in ((checkpoint["sampler"], True), (checkpoint["generator"], False)):
+        generator.load_state_dict(weights)
+        generator.eval()
+        common.seed_everything(5)
+        with torch.no_grad():
+            made = to_uint8(generator(torch.randn(16, 100)))
+        assert np.array_equal(images.numpy(), made) == same
+
+
 @pytest.mark.parametrize("script", ["cgan", "acgan", "wgan", "wgan_gp", "dcgan"])
-def test_every_script_s_run_folder_is_scored(script, tiny, tmp_path, capsys, generate_inprocess):
-    if not (ROOT / f"{script}.py").is_file():
-        pytest.skip(f"{script}.py is not written yet")
+def test_every_script_s_run_folder_is_scored(script, tiny, tmp_path, capsys):
     module = importlib.import_module(script)
-    flags = ["--data-root", tiny["root"], "--max-steps", "1", "--batch-size", "16", "--out", tmp_path / "run"]
+    run = tmp_path / "run"
+    flags = ["--data-root", tiny["root"], "--max-steps", "1", "--batch-size", "16", "--out", run]
     assert run_inprocess(module.main, flags + NARROW.get(script, [])) == 0
-    result = score(tmp_path / "run", tiny["root"], capsys, "--n", "20", "--device", "cpu")
-    assert result["script"] == script and result["n"] == 20
+    before = files_of(run)
+    result = score(run, None, capsys, "--n", "20", "--device", "cpu")
+    assert result["script"] == script and result["n"] == 20 and result["dataset"] == "mnist"
+    assert result["image_size"] == load(run / "checkpoint.pt")["args"]["img_size"]   # 32 (resized) for acgan, dcgan
     assert (result["class_accuracy"] is not None) == (script in CONDITIONAL)
-    with np.load(tmp_path / "run" / "generated.npz") as npz:
-        assert npz["images"].dtype == np.uint8 and len(npz["images"]) == 20
-        if script in CONDITIONAL:
-            assert list(npz["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert "training the" not in result["_stderr"]    # the run's data root, with its cached classifier
+    assert files_of(run) == before
+    images, labels = evaluate.draw_samples(script, run / "checkpoint.pt", 12, 0, CPU)
+    assert images.dtype == torch.uint8 and len(images) == 12
+    if script in CONDITIONAL:
+        assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    else:
+        assert labels is None
+
+
+def test_the_seed_fixes_the_samples_and_the_checkpoint_matches_the_last_snapshot(gan_run, capsys):
+    before = files_of(gan_run)
+    first = score(gan_run, None, capsys, "--n", 60)
+    again = score(gan_run, None, capsys, "--n", 60, "--seed", 0)
+    other = score(gan_run, None, capsys, "--n", 60, "--seed", 1)
+    last = score(gan_run / "generator_epoch_003.pt", None, capsys, "--n", 60)
+    earlier = score(gan_run / "generator_epoch_001.pt", None, capsys, "--n", 60)
+    assert numbers(again) == numbers(first)
+    assert other["fd"] != first["fd"] and other["fd_floor"] == first["fd_floor"]   # other noise, same real data
+    assert numbers(last) == numbers(first)            # the last snapshot holds the checkpoint's sampler
+    assert last["source"] == str(gan_run / "generator_epoch_003.pt")
+    assert earlier["fd"] != first["fd"]               # and an earlier one another generator
+    assert files_of(gan_run) == before
+
+
+def test_curve_scores_every_snapshot_in_epoch_order_and_marks_the_best(gan_run, capsys):
+    curve = score(gan_run / "checkpoint.pt", None, capsys, "--curve", "--n", 60)   # a file in the run: its folder
+    snapshots = curve["snapshots"]
+    epochs, fds = [s["epoch"] for s in snapshots], [s["fd"] for s in snapshots]
+    assert epochs == [1, 2, 3] and len(set(fds)) == 3  # three generators, three distances
+    assert curve["best_epoch"] == epochs[fds.index(min(fds))]
+    assert [s["source"] for s in snapshots] == [str(gan_run / f"generator_epoch_00{e}.pt") for e in epochs]
+    assert all(s["script"] == "gan" and s["n"] == 60 and s["class_accuracy"] is None for s in snapshots)
+    # Each row is what the snapshot alone scores
+    alone = score(gan_run / "generator_epoch_002.pt", None, capsys, "--n", 60)
+    assert numbers(alone) == {**numbers(snapshots[1]), "epoch": None}
+
+    assert run_inprocess(evaluate.main, [gan_run, "--curve", "--n", 60]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line[:5].strip().isdigit()]
+    assert [int(row[0]) for row in rows] == [1, 2, 3]
+    assert [float(row[1]) for row in rows] == pytest.approx(fds, abs=5e-4)
+    marked = [int(row[0]) for row in rows if "<-" in row]
+    assert marked == [curve["best_epoch"]] and sum("<- best FD" in line for line in lines) == 1
+
+
+def test_curve_on_a_folder_without_snapshots_is_a_one_line_error(short_run, capsys):
+    for source in (short_run, short_run / "checkpoint.pt"):
+        capsys.readouterr()
+        code = run_inprocess(evaluate.main, [source, "--curve"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{short_run} holds no generator_epoch_*.pt snapshots" in err
+
+
+def test_curve_orders_snapshots_by_epoch_past_999_and_skips_other_names(gan_run, tmp_path, capsys):
+    run = tmp_path / "long_run"
+    run.mkdir()
+    for epoch, name in ((1, "generator_epoch_100.pt"), (2, "generator_epoch_1000.pt"), (3, "generator_epoch_999.pt")):
+        shutil.copy(gan_run / f"generator_epoch_00{epoch}.pt", run / name)
+    shutil.copy(gan_run / "generator_epoch_001.pt", run / "generator_epoch_best.pt")   # not a snapshot's name
+    snapshots = score(run, None, capsys, "--curve", "--n", 20)["snapshots"]
+    assert [s["epoch"] for s in snapshots] == [100, 999, 1000]
+    assert [Path(s["source"]).name for s in snapshots] == [f"generator_epoch_{e}.pt" for e in (100, 999, 1000)]
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad input: one line, exit 2
+# Where the data is: the run's own data root, found from anywhere
 # ---------------------------------------------------------------------------------------------
-def test_bad_input_gives_one_line_and_exit_2(tiny, tmp_path, capsys, generate_inprocess):
+def test_a_run_is_scored_from_another_directory(gan_run):
+    """The run trained with an absolute --data-root; evaluate.py runs elsewhere, given a relative path."""
+    before = files_of(gan_run.parent)
+    result = run_subprocess("evaluate.py", gan_run.name, "--curve", "--n", "40", "--device", "cpu",
+                            cwd=gan_run.parent)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines if line[:5].strip().isdigit()] == ["1", "2", "3"]
+    assert sum("<- best FD" in line for line in lines) == 1 and "training the" not in result.stderr
+    assert files_of(gan_run.parent) == before         # neither in the run nor in the current directory
+
+
+def test_a_relative_data_root_missing_here_is_looked_for_in_the_repository(tiny, tmp_path, monkeypatch, capsys):
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    shutil.copytree(tiny["root"], repo / "data")       # the tiny MNIST and its cached classifier
+    (repo / "mydata").mkdir()
+    elsewhere.mkdir()
+    monkeypatch.setattr(evaluate, "SCRIPT_DIR", repo)
+    monkeypatch.chdir(elsewhere)
+    assert evaluate.find_data_root(None, "mydata") == repo / "mydata"
+    assert evaluate.find_data_root(None, None) == repo / "data"             # the default root alike
+    assert evaluate.find_data_root(None, "nowhere") == Path("nowhere")      # in neither place: as it was
+    assert evaluate.find_data_root("mydata", "other") == Path("mydata")     # --data-root is taken as given
+    (elsewhere / "mydata").mkdir()
+    assert evaluate.find_data_root(None, "mydata") == Path("mydata")        # here first
+    # End to end: an npz scored from elsewhere without --data-root uses the repository's data.
+    write_npz(elsewhere / "test.npz", tiny["test"], tiny["labels"])
+    result = score("test.npz", None, capsys, "--n", N_TEST)
+    assert result["fd"] < 1e-6 and "training the" not in result["_stderr"]
+    assert not (elsewhere / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, and nothing written
+# ---------------------------------------------------------------------------------------------
+def refused(argv, capsys):
+    """Run evaluate.py in-process on argv, expecting a one-line error; returns that line."""
+    capsys.readouterr()
+    code = run_inprocess(evaluate.main, argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, (argv, err)
+    assert len(err.strip().splitlines()) == 1, (argv, err)
+    return err
+
+
+def test_bad_input_is_refused_before_the_classifier_is_trained_or_cached(tmp_path, capsys):
+    root = tmp_path / "fresh"
+    write_idx_dataset(root / "MNIST", n_train=64, n_test=40)
+    cache = evaluate.classifier_path(root, "mnist")
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (30, 1, 28, 28), dtype=np.uint8)
+    cases = {"rgb": (write_npz(tmp_path / "rgb.npz", rng.integers(0, 256, (30, 3, 28, 28), dtype=np.uint8)),
+                     "3 channel(s)"),
+             "labels": (write_npz(tmp_path / "labels.npz", grey, np.arange(30) % 11), "labels run from 0 to 10"),
+             "oblong": (write_npz(tmp_path / "oblong.npz", grey[..., :20]), "28x20")}
+    for npz, expected in cases.values():
+        err = refused([npz, "--data-root", root, "--n", 30], capsys)
+        assert expected in err and "training the" not in err, err
+        assert not cache.exists() and sorted(p.name for p in root.iterdir()) == ["MNIST"]
+    # The same root with good input: the classifier is trained and cached there
+    assert run_inprocess(evaluate.main, [write_npz(tmp_path / "grey.npz", grey), "--data-root", root, "--n", 30]) == 0
+    assert cache.is_file()
+
+
+def test_bad_input_gives_one_line_and_exit_2(tiny, gan_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (30, 1, 28, 28), dtype=np.uint8)
@@ -319,39 +454,53 @@ def test_bad_input_gives_one_line_and_exit_2(tiny, tmp_path, capsys, generate_in
     (tmp_path / "corrupt.npz").write_bytes(b"not an npz")
     (tmp_path / "corrupt_run").mkdir()
     (tmp_path / "corrupt_run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "corrupt_run" / "generator_epoch_001.pt").write_bytes(b"not a snapshot")
     (tmp_path / "alien_run").mkdir()
-    torch.save({"script": "stylegan", "args": {"dataset": "mnist"}}, tmp_path / "alien_run" / "checkpoint.pt")
+    torch.save({"script": "stylegan", "args": {"dataset": "mnist"}, "sampler": {}},
+               tmp_path / "alien_run" / "checkpoint.pt")
+    (tmp_path / "old_run").mkdir()
+    torch.save({"script": "gan", "args": {"dataset": "mnist"}, "generator": {}}, tmp_path / "old_run" / "checkpoint.pt")
+    (tmp_path / "other_run").mkdir()
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other_run" / "checkpoint.pt")
+    (tmp_path / "damaged_curve").mkdir()                 # a good last snapshot, a damaged earlier one
+    shutil.copy(gan_run / "generator_epoch_003.pt", tmp_path / "damaged_curve")
+    (tmp_path / "damaged_curve" / "generator_epoch_001.pt").write_bytes(b"cut short")
     fake_run = tmp_path / "fake_run"
     assert run_inprocess(gan.main, ["--dataset", "fake", "--max-steps", "1", "--out", fake_run]) == 0
-    capsys.readouterr()
+    fake_files = files_of(fake_run)
+    # --data-root everywhere: a case that got as far as loading data must not load the real MNIST
     root = ["--data-root", tiny["root"]]
     cases = [
         ([tmp_path / "missing"], "does not exist"),
-        ([tmp_path / "empty"], "neither generated.npz nor checkpoint.pt"),
+        ([tmp_path / "empty"], f"{tmp_path / 'empty'} holds no checkpoint.pt: not a run folder"),
+        ([tmp_path / "empty", "--curve"], "holds no generator_epoch_*.pt snapshots"),
         ([tmp_path / "no_images.npz"], "has no 'images' array"),
-        ([tmp_path / "corrupt.npz"], "cannot be read as an .npz"),
-        ([tmp_path / "rgb.npz", "--n", "30", *root], "3 channel(s)"),
-        ([tmp_path / "oblong.npz", "--n", "30", *root], "28x20"),
+        ([tmp_path / "corrupt.npz", "--n", "30"], "cannot be read as an .npz"),
+        ([tmp_path / "rgb.npz", "--n", "30"], "3 channel(s)"),
+        ([tmp_path / "oblong.npz", "--n", "30"], "28x20"),
         ([tmp_path / "float.npz", "--n", "30"], "must be uint8"),
         ([tmp_path / "flat.npz", "--n", "30"], "must be uint8 (N, C, H, W)"),
-        ([tmp_path / "grey.npz", *root], "holds 30 images, fewer than --n 10000"),
+        ([tmp_path / "grey.npz"], "holds 30 images, fewer than --n 10000"),
         ([tmp_path / "grey.npz", "--n", "31"], "fewer than --n 31"),
         ([tmp_path / "grey.npz", "--n", "1"], "--n must be at least 2"),
-        ([tmp_path / "bad_labels.npz", "--n", "30", *root], "labels run from 5 to 34"),
+        ([tmp_path / "bad_labels.npz", "--n", "30"], "labels run from 5 to 34"),
         ([tmp_path / "short_labels.npz", "--n", "30"], "labels must be integers (N,)"),
         ([tmp_path / "grey.npz", "--n", "30", "--dataset", "cifar10"], "no yardstick for cifar10"),
         ([fake_run], "no yardstick for fake"),
         ([fake_run, "--dataset", "mnist"], "the run trained on fake, not --dataset mnist"),
-        ([tmp_path / "corrupt_run"], "cannot be read"),
-        ([tmp_path / "alien_run", "--n", "5"], "written by stylegan.py, which is not in"),
+        ([tmp_path / "corrupt_run"], "checkpoint.pt cannot be read"),
+        ([tmp_path / "corrupt_run" / "generator_epoch_001.pt"], "generator_epoch_001.pt cannot be read"),
+        ([tmp_path / "corrupt_run", "--curve"], "generator_epoch_001.pt cannot be read"),
+        ([tmp_path / "damaged_curve", "--curve"], "generator_epoch_001.pt cannot be read"),
+        ([tmp_path / "alien_run", "--n", "5"], "was written by stylegan.py, which is not in"),
+        ([tmp_path / "old_run"], "written by an older version of gan.py"),
+        ([tmp_path / "other_run"], "is not a checkpoint written by one of the GAN scripts"),
         ([tmp_path / "grey.npz", "--device", "tpu"], "tpu"),
     ]
     for argv, expected in cases:
-        code = run_inprocess(evaluate.main, argv)
-        err = capsys.readouterr().err
-        assert code == 2 and expected in err and "Traceback" not in err, (argv, err)
-        assert len(err.strip().splitlines()) == 1, err
-    assert not (fake_run / "generated.npz").exists()     # refused before generating anything
+        err = refused([*argv, *root], capsys)
+        assert expected in err, (argv, err)
+    assert files_of(fake_run) == fake_files           # refused before anything was drawn or written
 
 
 def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path):

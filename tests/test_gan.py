@@ -7,7 +7,8 @@ import torch
 
 import common
 import gan
-from conftest import interrupt_training, load, run_inprocess, run_subprocess, state_tensors, to_uint8, write_idx_dataset
+from conftest import (interrupt_training, learning_directions, load, run_inprocess, run_subprocess, state_tensors, to_uint8,
+                      write_idx_dataset)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
 
@@ -87,6 +88,9 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
     for name, tensor in state_tensors(whole).items():
         assert torch.equal(tensor, state_tensors(parts)[name]), name
     assert torch.equal(whole["opt_g"]["state"][0]["exp_avg"], parts["opt_g"]["state"][0]["exp_avg"])
+    for name, tensor in whole["ema"].items():   # the moving average too, and the schedule
+        assert torch.equal(tensor, parts["ema"][name]), name
+    assert whole["schedule_g"] == parts["schedule_g"]
     # losses.csv continues instead of starting again
     steps = [int(r.split(",")[0]) for r in (tmp_path / "parts" / "losses.csv").read_text().splitlines()[1:]]
     assert steps == sorted(steps) and steps[-1] == 16
@@ -100,7 +104,7 @@ def test_resume_refuses_a_flag_that_would_change_the_run(tmp_path, capsys):
     assert "--lr cannot change" in capsys.readouterr().err
 
 
-def test_generate_writes_npz_from_the_generator_in_eval_mode(tmp_path):
+def test_generate_writes_npz_from_the_moving_average_in_eval_mode(tmp_path):
     out = tmp_path / "run"
     assert run_inprocess(gan.main, FAST + ["--max-steps", "3", "--out", out]) == 0
     before = sorted(p.name for p in out.iterdir())
@@ -108,21 +112,74 @@ def test_generate_writes_npz_from_the_generator_in_eval_mode(tmp_path):
     with np.load(out / "generated.npz") as npz:
         images = npz["images"]
     assert images.shape == (25, 1, 28, 28) and images.dtype == np.uint8
-    assert (out / "generated.png").is_file()
     assert sorted(p.name for p in out.iterdir()) == sorted(before + ["generated.npz", "generated.png"])
-    # Rebuild the samples by hand: eval-mode BatchNorm (running statistics), seed 7's noise.
+    # Rebuild the samples by hand: G's moving average, eval-mode BatchNorm (running statistics), seed 7's noise.
     checkpoint = load(out / "checkpoint.pt")
-    common.seed_everything(7)
-    generator = gan.Generator(100, (1, 28, 28))   # (building it draws from the RNG, as in gan.py)
-    generator.load_state_dict(checkpoint["generator"])
+    generator = gan.Generator(100, (1, 28, 28))
+    generator.load_state_dict(checkpoint["sampler"])
     generator.eval()
-    z = torch.randn(25, 100)
+    common.seed_everything(7)
     with torch.no_grad():
-        expected = to_uint8(generator(z))
+        expected = to_uint8(generator(torch.randn(25, 100)))
     assert np.array_equal(images, expected)
+    # The sampler is the average, not G's last weights (three steps in, they differ)
+    assert not torch.equal(checkpoint["sampler"]["net.0.weight"], checkpoint["generator"]["net.0.weight"])
     generator.train()   # in train mode the batch statistics would give other images
+    common.seed_everything(7)
     with torch.no_grad():
-        assert not np.array_equal(images, to_uint8(generator(z)))
+        assert not np.array_equal(images, to_uint8(generator(torch.randn(25, 100))))
+
+
+def test_ema_zero_samples_from_g_itself_and_load_generator_rebuilds_it(tmp_path):
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, FAST + ["--max-steps", "3", "--ema", "0", "--out", out]) == 0
+    checkpoint = load(out / "checkpoint.pt")
+    for name, tensor in checkpoint["generator"].items():   # decay 0: the "average" is G, bit for bit
+        assert torch.equal(tensor, checkpoint["sampler"][name]), name
+    generator = gan.load_generator(out / "checkpoint.pt")
+    assert not generator.training
+    for name, tensor in generator.state_dict().items():
+        assert torch.equal(tensor, checkpoint["sampler"][name]), name
+    assert generator(torch.randn(4, 100)).shape == (4, 1, 28, 28)
+
+
+def test_snapshots_keep_epoch_1_every_kth_and_the_last_and_each_generates(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "5", "--snapshot-every", "2"]
+    assert run_inprocess(gan.main, flags + ["--out", out]) == 0
+    snapshots = sorted(p.name for p in out.glob("generator_epoch_*.pt"))
+    assert snapshots == ["generator_epoch_001.pt", "generator_epoch_002.pt", "generator_epoch_004.pt",
+                         "generator_epoch_005.pt"]
+    first, last = load(out / snapshots[0]), load(out / snapshots[-1])
+    assert first["epoch"] == 1 and last["epoch"] == 5 and "opt_g" not in last   # G only: small
+    for name, tensor in load(out / "checkpoint.pt")["sampler"].items():          # the last is the run's end
+        assert torch.equal(tensor, last["sampler"][name]), name
+    assert not torch.equal(first["sampler"]["net.0.weight"], last["sampler"]["net.0.weight"])
+    assert run_inprocess(gan.main, ["--generate", "10", "--resume", out / snapshots[0]]) == 0
+    with np.load(out / "generated.npz") as npz:
+        assert npz["images"].shape == (10, 1, 28, 28)
+    assert run_inprocess(gan.main, ["--resume", out / snapshots[0]]) == 2   # a snapshot cannot be trained on
+
+
+def test_linear_decay_takes_both_learning_rates_to_zero_and_none_keeps_them(tmp_path):
+    flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "2"]
+    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "linear", "--max-steps", "4"]) == 0
+    halfway = load(tmp_path / "linear" / "checkpoint.pt")
+    assert halfway["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 4 / 8))
+    assert run_inprocess(gan.main, ["--resume", tmp_path / "linear"]) == 0
+    end = load(tmp_path / "linear" / "checkpoint.pt")
+    assert end["opt_g"]["param_groups"][0]["lr"] == 0 and end["opt_d"]["param_groups"][0]["lr"] == 0
+    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "none", "--lr-decay", "none"]) == 0
+    assert load(tmp_path / "none" / "checkpoint.pt")["opt_d"]["param_groups"][0]["lr"] == 2e-4
+
+
+def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
+    """D's update raises its real-minus-fake margin; G's update raises D's score of G's images.
+    Flipping G's target or swapping D's targets reverses one of them."""
+    for seed in range(3):
+        moved = learning_directions(gan, seed=seed)
+        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.05, moved
+        assert moved["g_score"][1] > moved["g_score"][0] + 0.01, moved
 
 
 def test_a_new_run_never_overwrites_an_earlier_one_and_resume_finds_the_newest(tmp_path, capsys):
@@ -226,10 +283,10 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert (out / "checkpoint.pt").read_bytes() == good
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
     code, stdout, stderr = interrupt_training("gan.py", out)
-    assert code == 0, stderr
+    assert code == 130, stderr
     assert "Traceback" not in stderr and "continue with: python gan.py --resume" in stdout
     step = load(out / "checkpoint.pt")["step"]
     assert step >= 1 and f"stopped at step {step}" in stdout

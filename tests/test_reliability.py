@@ -1,0 +1,559 @@
+"""Reliability as a user meets it: unwritable folders, SIGTERM and Ctrl-C, periodic checkpoints,
+--generate and evaluate.py never replacing or writing beside a run, data errors leaving nothing
+behind, folder datasets, no abbreviated flags, finished runs, what a bare --resume took, epochs
+counted from 1 in losses.csv, and every default in --help. gan.py stands for the shared plumbing.
+
+Each test checks the exit code, the one line a failure prints (no traceback) and what is on disk
+before and after (names, sizes and mtimes)."""
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torchvision
+
+import acgan
+import cgan
+import common
+import dcgan
+import evaluate
+import gan
+import wgan
+import wgan_gp
+from conftest import ROOT, load, losses, run_inprocess, run_subprocess, write_idx_dataset, write_image_folder
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import speed  # noqa: E402
+
+SCRIPTS = {"gan": gan, "cgan": cgan, "acgan": acgan, "wgan": wgan, "wgan_gp": wgan_gp, "dcgan": dcgan}
+FAKE = ["--dataset", "fake", "--log-every", "1"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def listing(folder):
+    """Everything under folder: {relative path: (size, mtime_ns)} for files, {path/: None} for folders."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        found[name + "/" if path.is_dir() else name] = (
+            None if path.is_dir() else (path.stat().st_size, path.stat().st_mtime_ns))
+    return found
+
+
+def one_line(stderr):
+    """The single line a refused command printed on stderr (and no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def train(module, out, *flags):
+    """A short run in-process (its messages do not matter here)."""
+    assert run_inprocess(module.main, [*FAKE, "--out", out, *flags]) == 0
+    return Path(out)
+
+
+def writable(folder):
+    probe = Path(folder) / ".write-probe"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+@pytest.fixture
+def make_unwritable():
+    """make_unwritable(folder): nobody, root included, can create files in folder until the test ends.
+    chattr +i where the filesystem supports it; chmod 0o555 only helps when not root; else skip."""
+    undo = []
+
+    def lock(folder):
+        folder = Path(folder)
+        result = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+        if result.returncode == 0:
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+        elif os.geteuid() != 0:
+            mode = folder.stat().st_mode
+            folder.chmod(0o555)
+            undo.append(lambda: folder.chmod(mode))
+        if writable(folder):
+            pytest.skip(f"cannot make {folder} unwritable here (chattr: {result.stderr.strip() or 'ok'}; "
+                        f"uid {os.geteuid()})")
+        return folder
+
+    yield lock
+    for step in reversed(undo):
+        step()
+
+
+def start(*args):
+    """`python gan.py args...` as a user would start it, its output read line by line."""
+    return subprocess.Popen([sys.executable, str(ROOT / "gan.py"), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def finish(process, seen, timeout=120):
+    """Read the rest of a started process's output (killing it if it hangs): (code, stdout, stderr)."""
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
+        stdout = "".join(seen) + process.stdout.read()
+        stderr = process.stderr.read()
+        code = process.wait()
+    finally:
+        watchdog.cancel()
+    return code, stdout, stderr
+
+
+def interrupt(out, signum):
+    """Start a long run on fake data, send signum once its first progress line is out."""
+    process = start(*FAKE, "--epochs", "1000", "--out", out)
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("epoch"):
+                break
+        else:
+            pytest.fail(f"no progress line: {''.join(seen)}{process.stderr.read()}")
+        process.send_signal(signum)
+        return finish(process, seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def help_text(module, capsys, monkeypatch, argv=()):
+    """`<script> --help` in-process: (its text, the parser that made it)."""
+    parsers = []
+    original = argparse.ArgumentParser.parse_args
+
+    def spy(self, *args, **kwargs):
+        parsers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        (module.parse_args if hasattr(module, "parse_args") else module.main)([*argv, "--help"])
+    assert exit.value.code == 0
+    return capsys.readouterr().out, parsers[0]
+
+
+def help_blocks(text):
+    """--help's text cut into one block per option, keyed by each option string, whitespace collapsed."""
+    blocks, current = {}, None
+    for line in text.splitlines():
+        match = re.match(r"^  (-\S+)", line)
+        if match:
+            current = []
+            for flag in re.findall(r"(?:^|, )(--?[\w-]+)", line.strip().split("  ")[0]):
+                blocks[flag] = current
+        elif current is not None and not line.strip():
+            current = None
+        if current is not None:
+            current.append(line.strip())
+    return {flag: " ".join(lines) for flag, lines in blocks.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Unwritable places are refused with one line, before any work
+# ---------------------------------------------------------------------------------------------
+def test_out_inside_an_unwritable_folder(tmp_path, make_unwritable):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    make_unwritable(locked)
+    before = listing(tmp_path)
+    result = run_subprocess("gan.py", *FAKE, "--max-steps", "1", "--out", locked / "run")
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(rf"gan\.py: error: cannot create the run folder {re.escape(str(locked / 'run'))} "
+                        r"\([^)]+\); choose another --out", one_line(result.stderr))
+    assert listing(tmp_path) == before
+
+
+def test_resume_of_an_unwritable_run_is_refused_before_training(tmp_path, make_unwritable):
+    run = train(gan, tmp_path / "run", "--max-steps", "2")
+    make_unwritable(run)   # the files inside stay writable: losses.csv could still be appended to
+    before = listing(tmp_path)
+    result = run_subprocess("gan.py", "--resume", run / "checkpoint.pt", "--max-steps", "4")
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(rf"gan\.py: error: cannot write in {re.escape(str(run))} \([^)]+\); nothing was changed",
+                        one_line(result.stderr))
+    assert not any(line.startswith("epoch") for line in result.stdout.splitlines()), result.stdout
+    assert listing(tmp_path) == before
+    assert load(run / "checkpoint.pt")["step"] == 2 and [row["step"] for row in losses(run)] == [1, 2]
+
+
+def test_generate_into_an_unwritable_run_is_refused(tmp_path, make_unwritable):
+    run = train(gan, tmp_path / "run", "--max-steps", "1")
+    make_unwritable(run)
+    before = listing(tmp_path)
+    result = run_subprocess("gan.py", "--generate", "5", "--resume", run)
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(rf"gan\.py: error: cannot write in {re.escape(str(run))} \([^)]+\); nothing was changed",
+                        one_line(result.stderr))
+    assert listing(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. SIGTERM and Ctrl-C stop at a step boundary with a checkpoint, and the run goes on from it
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_a_checkpoint_and_the_run_goes_on(tmp_path, capsys, signum, code):
+    run = tmp_path / "run"
+    returncode, stdout, stderr = interrupt(run, signum)
+    assert returncode == code, stdout + stderr
+    assert "Traceback" not in stderr and stderr.strip() == "", stderr
+    ckpt = run / "checkpoint.pt"
+    stops = [m for m in (re.fullmatch(r"stopped at step (\d+); continue with: python gan\.py --resume "
+                                      + re.escape(str(ckpt)), line) for line in stdout.splitlines()) if m]
+    assert len(stops) == 1, stdout
+    assert stdout.strip().splitlines()[-1] == stops[0][0]   # the last thing said
+    n = int(stops[0][1])
+    assert load(ckpt)["step"] == n >= 1
+    assert losses(run)[-1]["step"] == n
+    before = listing(run)
+
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", ckpt, "--max-steps", n + 2]) == 0
+    printed = capsys.readouterr()
+    assert load(ckpt)["step"] == n + 2
+    progress = [line for line in printed.out.splitlines() if line.startswith("epoch")]
+    assert [re.search(r"step (\d+)/(\d+)", line).groups() for line in progress] == [
+        (str(n + 1), str(n + 2)), (str(n + 2), str(n + 2))]
+    assert [row["step"] for row in losses(run)][-3:] == [n, n + 1, n + 2]
+    assert before.keys() <= listing(run).keys()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. --checkpoint-every MIN writes checkpoint.pt mid-epoch; a killed run resumes from it
+# ---------------------------------------------------------------------------------------------
+def test_periodic_checkpoint_survives_kill_9(tmp_path, capsys):
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.pt"
+    # fake data: 512 images, batch 8: 64 steps per epoch; the first epoch-end checkpoint is step 64
+    process = start(*FAKE, "--epochs", "1000", "--batch-size", "8", "--checkpoint-every", "0.0001", "--out", run)
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("epoch") and ckpt.exists():
+                break
+        else:
+            pytest.fail(f"ended without a checkpoint: {''.join(seen)}{process.stderr.read()}")
+        process.send_signal(signal.SIGKILL)
+        returncode, stdout, stderr = finish(process, seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert returncode == -signal.SIGKILL
+    checkpoint = load(ckpt)
+    k = checkpoint["step"]
+    assert 0 < k < 64 and checkpoint["epoch"] == 0, k   # written mid-epoch, not at the epoch's end
+    assert not (run / "epoch_001.png").exists()
+
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", ckpt, "--max-steps", k + 2]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"resuming {ckpt}: fake, epoch 0 of 1000"
+    progress = [line for line in out if line.startswith("epoch")]
+    assert [line.split("  ")[:2] for line in progress] == [
+        ["epoch 1/1000", f"step {k + 1}/{k + 2}"], ["epoch 1/1000", f"step {k + 2}/{k + 2}"]]
+    assert load(ckpt)["step"] == k + 2
+
+
+def test_checkpoint_every_defaults_to_5_minutes_in_help(capsys, monkeypatch):
+    text, _ = help_text(gan, capsys, monkeypatch)
+    block = help_blocks(text)["--checkpoint-every"]
+    assert "every MIN minutes" in block and block.endswith("(default: 5.0)"), block
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. --generate never replaces earlier samples
+# ---------------------------------------------------------------------------------------------
+def test_a_second_generate_writes_beside_the_first(tmp_path, capsys):
+    run = train(gan, tmp_path / "run", "--max-steps", "1")
+    assert run_inprocess(gan.main, ["--generate", "5", "--resume", run]) == 0
+    first = {name: (run / name).read_bytes() for name in ("generated.npz", "generated.png")}
+    before = listing(run)
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--generate", "6", "--resume", run]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"wrote 6 samples to {run / 'generated-2.npz'} and a grid to {run / 'generated-2.png'}"
+    after = listing(run)
+    assert set(after) - set(before) == {"generated-2.npz", "generated-2.png"}
+    assert {name: after[name] for name in before} == before
+    assert {name: (run / name).read_bytes() for name in first} == first
+    with np.load(run / "generated.npz") as npz, np.load(run / "generated-2.npz") as npz2:
+        assert npz["images"].shape[0] == 5 and npz2["images"].shape[0] == 6
+
+
+def test_generate_after_a_label_keeps_the_labelled_samples(tmp_path, capsys):
+    run = train(cgan, tmp_path / "run", "--max-steps", "1")
+    assert run_inprocess(cgan.main, ["--generate", "20", "--label", "7", "--resume", run]) == 0
+    sevens = (run / "generated.npz").read_bytes()
+    before = listing(run)
+    assert run_inprocess(cgan.main, ["--generate", "20", "--resume", run]) == 0
+    after = listing(run)
+    assert set(after) - set(before) == {"generated-2.npz", "generated-2.png"}
+    assert {name: after[name] for name in before} == before
+    assert (run / "generated.npz").read_bytes() == sevens
+    with np.load(run / "generated.npz") as npz, np.load(run / "generated-2.npz") as npz2:
+        assert (npz["labels"] == 7).all() and len(npz["labels"]) == 20
+        assert list(npz2["labels"]) == [k % 10 for k in range(20)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. evaluate.py never writes beside a run
+# ---------------------------------------------------------------------------------------------
+def test_evaluate_leaves_the_run_folder_as_it_was(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])   # never the network
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST", n_train=128, n_test=64)
+    run = tmp_path / "runs" / "gan"
+    assert run_inprocess(gan.main, ["--data-root", root, "--max-steps", "1", "--log-every", "1", "--out", run]) == 0
+    before, outside = listing(run), listing(tmp_path / "runs")
+    capsys.readouterr()
+    code = run_inprocess(evaluate.main, [run, "--n", "20", "--dataset", "mnist", "--data-root", root, "--device", "cpu"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "Traceback" not in printed.err
+    assert printed.out.splitlines()[0].startswith(f"{run / 'checkpoint.pt'}: gan.py, 20 generated images")
+    assert listing(run) == before and listing(tmp_path / "runs") == outside
+    assert (root / "evaluate_classifier_mnist.pt").is_file()   # its one file goes to the data root
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A data error leaves nothing behind (never touching the network)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: torchvision's MNIST mirrors point at a closed local port; errors are printed as gan.py's."""
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(sys, "argv", ["gan.py"])
+
+
+def load_mnist(root, out, capsys):
+    capsys.readouterr()
+    code = run_inprocess(gan.main, ["--data-root", root, "--max-steps", "1", "--out", out])
+    return code, capsys.readouterr()
+
+
+def test_missing_mnist_says_where_to_put_it_and_creates_nothing(tmp_path, capsys, offline):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, printed = load_mnist(empty, tmp_path / "run", capsys)
+    assert code == 2
+    assert re.fullmatch(r"gan\.py: error: could not load mnist \(\w+\); without a network, put the four "
+                        r"\*-ubyte\.gz files \(train/t10k images and labels\) in "
+                        + re.escape(str(empty / "MNIST" / "raw")) + "/", one_line(printed.err))
+    assert os.listdir(empty) == []   # no MNIST/ nor MNIST/raw/ left behind
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_root_that_does_not_exist_is_not_created(tmp_path, capsys, offline):
+    missing = tmp_path / "missing"
+    code, printed = load_mnist(missing, tmp_path / "run", capsys)
+    assert code == 2
+    line = one_line(printed.err)
+    assert line.startswith("gan.py: error: could not load mnist") and str(missing / "MNIST" / "raw") in line
+    assert not missing.exists() and sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_truncated_gz_is_called_damaged(tmp_path, capsys, offline):
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST", compress=True)
+    gz = root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:len(gz.read_bytes()) // 2])
+    before = listing(tmp_path)
+    code, printed = load_mnist(root, tmp_path / "run", capsys)
+    assert code == 2
+    line = one_line(printed.err)
+    assert line == f"gan.py: error: {gz} is damaged or incomplete (not the mnist file); replace it"
+    assert listing(tmp_path) == before
+
+
+def test_a_truncated_extracted_file_names_the_raw_folder(tmp_path, capsys, offline):
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST")
+    raw = root / "MNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    before = listing(tmp_path)
+    code, printed = load_mnist(root, tmp_path / "run", capsys)
+    assert code == 2
+    line = one_line(printed.err)
+    assert line.startswith("gan.py: error: ") and f"{raw}/" in line and "cannot be read" in line, line
+    assert listing(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Folder datasets: what was found, and loose images refused
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_a_folder_dataset_says_what_was_found(tmp_path, capsys, mode, channels):
+    root = write_image_folder(tmp_path / "pictures", classes=("cats", "dogs", "owls"), per_class=6, mode=mode)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    code = run_inprocess(gan.main, ["--dataset", "folder", "--data-root", root, "--batch-size", "8",
+                                    "--max-steps", "1", "--out", out])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert printed.out.splitlines()[:2] == [f"run folder: {out}",
+                                            f"data: folder, 18 images, 3 classes, {channels} channel(s), 28 px"]
+    assert load(out / "checkpoint.pt")["class_names"] == ["cats", "dogs", "owls"]
+
+
+def test_loose_images_beside_class_folders_are_refused(tmp_path):
+    root = write_image_folder(tmp_path / "pictures", per_class=4, mode="L")
+    (root / "stray.png").write_bytes((root / "cats" / "0.png").read_bytes())   # one image beside the classes
+    before = listing(tmp_path)
+    result = run_subprocess("gan.py", "--dataset", "folder", "--data-root", root, "--batch-size", "4",
+                            "--max-steps", "1", "--out", tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith(f"gan.py: error: {root} ") and "would be ignored" in line, line
+    assert listing(tmp_path) == before   # no run folder, nothing else
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. No abbreviated flags, in any parser
+# ---------------------------------------------------------------------------------------------
+ABBREVIATIONS = [(name, argv) for name in SCRIPTS for argv in (["--epoch", "3"], ["--batch", "8"], ["--max-step", "2"])]
+ABBREVIATIONS += [(name, ["--label", "3"]) for name in ("gan", "wgan", "wgan_gp", "dcgan")]
+ABBREVIATIONS += [(name, ["--gen", "3", "--lab", "3"]) for name in ("cgan", "acgan")]
+ABBREVIATIONS += [("evaluate", ["somewhere", "--dev", "cpu"]), ("evaluate", ["somewhere", "--cur"]),
+                  ("speed", ["--step", "3"]), ("speed", ["--script", "gan"])]
+
+
+@pytest.mark.parametrize("name, argv", ABBREVIATIONS, ids=[f"{n}:{' '.join(a)}" for n, a in ABBREVIATIONS])
+def test_abbreviated_flags_are_refused(name, argv, capsys):
+    module = {**SCRIPTS, "evaluate": evaluate, "speed": speed}[name]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        module.parse_args(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    prog = {"speed": "speed.py", "evaluate": "evaluate.py"}.get(name, f"{name}.py")
+    unrecognised = [a for a in argv if a != "somewhere"]
+    assert err.strip().splitlines()[-1] == f"{prog}: error: unrecognized arguments: {' '.join(unrecognised)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. A finished run says so, and is left as it was
+# ---------------------------------------------------------------------------------------------
+def test_resuming_a_finished_run_says_nothing_is_left(tmp_path, capsys):
+    run = train(gan, tmp_path / "run", "--epochs", "1")   # 512 fake images, batch 64: 8 steps
+    ckpt = run / "checkpoint.pt"
+    assert load(ckpt)["step"] == 8
+    before = listing(tmp_path)
+    result = run_subprocess("gan.py", "--resume", ckpt)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip() == "", result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("nothing left to train: ") and "--epochs 1" in last, last
+    assert f"python gan.py --resume {ckpt} --epochs N" in last, last
+    assert listing(tmp_path) == before
+
+    for k in (8, 5):
+        capsys.readouterr()
+        assert run_inprocess(gan.main, ["--resume", ckpt, "--max-steps", k]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert last.startswith("nothing left to train: ") and f"--max-steps {k}" in last, last
+        assert f"python gan.py --resume {ckpt} --max-steps N" in last and "--epochs" not in last, last
+        assert listing(tmp_path) == before
+
+
+def test_help_says_max_steps_counts_from_the_start(capsys, monkeypatch):
+    text, _ = help_text(gan, capsys, monkeypatch)
+    assert "counted from its start" in help_blocks(text)["--max-steps"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A bare --resume and --generate N say which checkpoint they took
+# ---------------------------------------------------------------------------------------------
+def test_bare_resume_and_generate_name_the_checkpoint_they_took(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    older = train(gan, runs / "gan", "--max-steps", "16")        # epoch 2 of 50
+    assert not (runs / "gan-2").exists()
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "8", "--out", runs / "gan"]) == 0   # -> gan-2, epoch 1
+    newer = runs / "gan-2"
+    assert load(newer / "checkpoint.pt")["step"] == 8
+    os.utime(older / "checkpoint.pt", ns=(10**18, 10**18))   # 2001: surely the older one
+
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", "--out", runs / "gan", "--max-steps", "9"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"resuming {newer / 'checkpoint.pt'}: fake, epoch 1 of 50"
+    assert load(newer / "checkpoint.pt")["step"] == 9 and load(older / "checkpoint.pt")["step"] == 16
+
+    assert run_inprocess(gan.main, ["--generate", "3", "--out", runs / "gan"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"generating from {newer / 'checkpoint.pt'}: fake, epoch 1 of 50"
+    assert (newer / "generated.npz").is_file()
+
+    os.utime(older / "checkpoint.pt")   # now the older run is the newest
+    assert run_inprocess(gan.main, ["--generate", "3", "--out", runs / "gan"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"generating from {older / 'checkpoint.pt'}: fake, epoch 2 of 50"
+    assert (older / "generated.npz").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. losses.csv numbers epochs from 1, as the progress lines do
+# ---------------------------------------------------------------------------------------------
+def test_losses_csv_numbers_epochs_from_1(tmp_path, capsys):
+    capsys.readouterr()
+    run = train(gan, tmp_path / "run", "--max-steps", "10")   # 8 steps per epoch
+    progress = [re.match(r"epoch (\d+)/50  step (\d+)/10", line)
+                for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert all(progress) and [(int(m[2]), int(m[1])) for m in progress] == [(s, 1 if s <= 8 else 2) for s in range(1, 11)]
+    assert [(int(row["step"]), int(row["epoch"])) for row in losses(run)] == [(s, 1 if s <= 8 else 2) for s in range(1, 11)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Every flag's default is in --help
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, epochs, batch", [("gan", 50, 64), ("cgan", 50, 64), ("acgan", 50, 64),
+                                                 ("wgan", 50, 64), ("wgan_gp", 50, 64), ("dcgan", 25, 128)])
+def test_help_shows_every_default(name, epochs, batch, capsys, monkeypatch):
+    text, parser = help_text(SCRIPTS[name], capsys, monkeypatch)
+    blocks = help_blocks(text)
+    assert blocks["--epochs"].endswith(f"(default: {epochs})"), blocks["--epochs"]
+    assert blocks["--batch-size"].endswith(f"(default: {batch})"), blocks["--batch-size"]
+    assert parser.get_default("epochs") == epochs and parser.get_default("batch_size") == batch
+    check_every_default(parser, blocks)
+
+
+@pytest.mark.parametrize("name", ["evaluate", "speed"])
+def test_help_of_the_tools_shows_every_default(name, capsys, monkeypatch):
+    module = {"evaluate": evaluate, "speed": speed}[name]
+    text, parser = help_text(module, capsys, monkeypatch, argv=["x"] if name == "evaluate" else [])
+    check_every_default(parser, help_blocks(text))
+
+
+def check_every_default(parser, blocks):
+    checked = 0
+    for action in parser._actions:
+        if not action.option_strings or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            continue   # positionals, flags without a default, switches (store_true) and --help
+        block = blocks[action.option_strings[-1]]
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+        assert "default" in block and (str(action.default) in block or shown in block), (action.option_strings, block)
+        checked += 1
+    assert checked >= 3
