@@ -2,11 +2,10 @@
 Classifier GANs", ICML 2017 (arXiv:1610.09585).
 
 G is told a class y and turns noise z into an image of that class. D is *not* told the class: one
-convolutional body with two heads, one saying real or fake, the other which class the image shows.
-G learns to make its images look real *and* be classified as the class it was asked for: naming the
-class back gives G a dense signal about it. DCGAN-style networks with a width flag: G multiplies z by
-a class embedding, then a Linear layer and four ConvTranspose2d(4, 2, 1) layers; D is four
-Conv2d(4, 2, 1) layers and the two linear heads; weights start from N(0, 0.02).
+convolutional body with two heads says real or fake, and which class the image shows. G learns to
+make its images look real *and* be classified as the class it was asked for, a dense signal about
+the class. DCGAN-style networks: G multiplies z by a class embedding, then a Linear layer and four
+ConvTranspose2d(4, 2, 1); D is four Conv2d(4, 2, 1) and the two linear heads; init N(0, 0.02).
 
 Where this file departs from the paper or common implementations (a flag gives theirs back):
 - The class head gives logits to cross_entropy; a Softmax before cross_entropy would apply it twice.
@@ -215,8 +214,7 @@ def main(argv=None):
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
     ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
-    decay = (lambda step: 1 - step / total_steps) if args.lr_decay == "linear" else (lambda step: 1.0)
+    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same inputs for every grid: row k shows class k, each column one z drawn as every class
     fixed_noise = torch.randn(10, args.latent_dim, device=device).repeat(data.n_classes, 1)   # (K*10, latent)

@@ -162,8 +162,7 @@ def main(argv=None):
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
     ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
-    decay = (lambda step: 1 - step / total_steps) if args.lr_decay == "linear" else (lambda step: 1.0)
+    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same inputs for every grid: row k shows class k, each column one z drawn as every class
     fixed_noise = torch.randn(10, args.latent_dim, device=device).repeat(data.n_classes, 1)   # (K*10, latent)

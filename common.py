@@ -48,6 +48,8 @@ def _number(kind, ok, rule):
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
+non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
@@ -58,20 +60,22 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser(script, description, *, img_size, batch_size, epochs, lr, latent_dim=100, ema=0.999,
-                 lr_decay="linear", smoothing=True, conditional=False):
+                 lr_decay="linear", smoothing=True, conditional=False,
+                 datasets=("mnist", "fashion-mnist", "cifar10", "folder", "fake")):
     """The flags every script shares, each with its default in --help; the script adds its own."""
     parser = argparse.ArgumentParser(prog=f"{script}.py", description=description, allow_abbrev=False,
                                      formatter_class=_HelpFormatter)
     parser.set_defaults(script=script, conditional=conditional)
     add = parser.add_argument
-    add("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "cifar10", "folder", "fake"),
-        help="training data ('folder': class sub-folders of images; 'fake': made up, no files)")
+    add("--dataset", default=datasets[0], choices=datasets,
+        help="training data ('folder': the images in --data-root; 'fake': made up, no files)")
     add("--data-root", default="data", help="where datasets live (torchvision's layout)")
     add("--img-size", type=positive_int, default=img_size, help="images are resized to this square size")
     add("--batch-size", type=positive_int, default=batch_size, help="images per step")
     add("--epochs", type=positive_int, default=epochs, help="passes over the data (the lr schedule ends with them)")
     add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
-    add("--lr-decay", choices=("linear", "none"), default=lr_decay, help="linear: to 0 at the last step")
+    add("--lr-decay", choices=("linear", "half", "none"), default=lr_decay,
+        help="linear: to 0 at the last step; half: constant, then linear to 0 over the second half; none: constant")
     add("--ema", type=fraction, default=ema, metavar="DECAY",
         help="grids, snapshots and --generate use a moving average of G's weights (0: G itself)")
     add("--latent-dim", type=positive_int, default=latent_dim, help="size of the noise vector z")
@@ -79,6 +83,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--seed", type=int, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")
+    add("--sample-every", type=positive_int, help="also save a grid every N steps")
     add("--snapshot-every", type=positive_int, default=5, metavar="K",
         help="keep the sampling G of epoch 1, every K-th epoch and the last (generator_epoch_*.pt)")
     add("--checkpoint-every", type=positive_float, default=5.0, metavar="MIN",
@@ -110,8 +115,8 @@ def parse_args(parser, argv=None):
     saved = checkpoint["args"]   # argparse fills in a default only where the namespace has no value
     keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps", "label")}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
-    may_change = {"epochs", "max_steps", "device", "log_every", "data_root", "snapshot_every", "checkpoint_every",
-                  "resume", "generate", "out", "label"} | ({"seed"} if args.generate else set())
+    may_change = {"epochs", "max_steps", "device", "log_every", "sample_every", "data_root", "snapshot_every",
+                  "checkpoint_every", "resume", "generate", "out", "label"} | ({"seed"} if args.generate else set())
     for name, value in vars(args).items():   # a changed --lr would otherwise be silently ignored
         if name in saved and name not in may_change and saved[name] != value:
             raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]!r})")
@@ -191,6 +196,12 @@ def load_checkpoint(path, script):
     if owner != script:
         raise UserError(f"checkpoint {path} was written by {owner or 'something else'}, not {script}.py")
     return checkpoint
+
+
+def lr_factor(schedule, total_steps):
+    """LambdaLR's factor after `step` steps of `total_steps`, for --lr-decay `schedule`."""
+    start = {"linear": 0, "half": total_steps // 2, "none": total_steps}[schedule]   # where the fall begins
+    return lambda step: 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, total_steps - start))
 
 
 def ema_with_warmup(decay):
@@ -325,8 +336,8 @@ def generate(generator, args, checkpoint):
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
     np.savez_compressed(path, **arrays)
-    row = 10 if labels is None or args.label is not None else checkpoint["n_classes"] * max(1, 10 // checkpoint["n_classes"])
-    save_grid(images[:100], path.with_suffix(".png"), nrow=row)
+    k = checkpoint["n_classes"]   # a conditional grid has a column per class (or two, or three ...)
+    save_grid(images[:100], path.with_suffix(".png"), nrow=k * max(1, 10 // k) if args.conditional else 10)
     print(f"wrote {len(images)} samples to {path} and a grid to {path.with_suffix('.png')}")
 
 
@@ -375,10 +386,11 @@ class Run:
         if kind is None and self.trained:
             print(f"done: {self.step} steps; grids, losses.csv, snapshots and checkpoint.pt in {self.dir}")
         elif kind is None:
-            flag = "--max-steps" if self.last_step == self.args.max_steps else "--epochs"
-            print(f"nothing left to train: the run has made {self.step} steps and {flag} {getattr(self.args, flag[2:].replace('-', '_'))} "
-                  f"ends it at step {self.last_step} (counted from its start); to train on: python "
-                  f"{self.args.script}.py --resume {self.dir / 'checkpoint.pt'} {flag} N (more)")
+            flag, value = ("--max-steps", self.args.max_steps) if self.last_step == self.args.max_steps else \
+                ("--epochs", self.args.epochs)
+            print(f"nothing left to train: the run has made {self.step} steps and {flag} {value} ends it at step "
+                  f"{self.last_step} (counted from its start); to train on: python {self.args.script}.py --resume "
+                  f"{self.dir / 'checkpoint.pt'} {flag} N (more)")
 
     def _request_stop(self, signum, frame):
         if self.stop_signal is not None:   # a second Ctrl-C stops at once
@@ -402,6 +414,8 @@ class Run:
         self.sums = values if self.sums is None else self.sums + values
         if self.step % self.args.log_every == 0:
             self.write_log(epoch)
+        if self.args.sample_every and self.step % self.args.sample_every == 0:
+            self.save_grid(f"step_{self.step:07d}.png")
         if time.monotonic() - self.last_save > 60 * self.args.checkpoint_every:
             self.write_log(epoch)   # never checkpoint past a NaN
             self.save_checkpoint()
@@ -411,12 +425,8 @@ class Run:
         """Log, grid, snapshot (epoch 1, every K-th and the last) and checkpoint; after a stop signal,
         the command that continues the run, and exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
         self.write_log(epoch)   # stops the run on NaN, before the checkpoint
-        with torch.no_grad():
-            self.sampler.eval()   # BatchNorm uses its running statistics, not this batch's
-            complete = self.step % self.steps_per_epoch == 0
-            name = f"epoch_{epoch + 1:03d}.png" if complete else f"step_{self.step:07d}.png"
-            save_grid(self.sampler(*self.grid_inputs), self.dir / name, nrow=self.nrow)
-            self.sampler.train()
+        complete = self.step % self.steps_per_epoch == 0
+        self.save_grid(f"epoch_{epoch + 1:03d}.png" if complete else f"step_{self.step:07d}.png")
         if complete:
             grids = [Image.open(p) for p in sorted(self.dir.glob("epoch_*.png"))]
             grids[0].save(self.dir / "progress.gif", save_all=True, append_images=grids[1:], duration=400, loop=0)
@@ -437,6 +447,13 @@ class Run:
                          "epoch": self.step // self.steps_per_epoch, "rng": rng}, self.dir / "checkpoint.pt")
         self.last_save = time.monotonic()
         self._start_clock()   # saving is not training time
+
+    @torch.no_grad()
+    def save_grid(self, name):
+        self.sampler.eval()   # BatchNorm uses its running statistics, not this batch's
+        save_grid(self.sampler(*self.grid_inputs), self.dir / name, nrow=self.nrow)
+        self.sampler.train()
+        self._start_clock()
 
     def write_log(self, epoch):
         """The means since the last log point as a progress line and a losses.csv row (one host sync).

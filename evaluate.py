@@ -369,10 +369,12 @@ def main(argv=None):
     run_dataset = run_args.get("dataset")
     if args.dataset and run_dataset and args.dataset != run_dataset:
         raise common.UserError(f"the run trained on {run_dataset}, not --dataset {args.dataset}")
-    dataset = args.dataset or run_dataset or "mnist"
+    dataset = args.dataset or {"thin2thick": "mnist"}.get(run_dataset, run_dataset) or "mnist"
     if dataset not in YARDSTICKS:
         raise common.UserError(f"no yardstick for {dataset} here: the classifier these numbers need exists for "
                                f"{' and '.join(YARDSTICKS)} only, and any other would give numbers that mean nothing")
+    if script == "cyclegan":
+        return print(translation_scores(args, sources, run_args, dataset, device))
     # Every source is read (or drawn) and checked before anything is written (the classifier's cache)
     samples = [(epoch, path, *(read_npz(path, args.n) if path.suffix == ".npz" else
                                draw_samples(script, path, args.n, args.seed, device))) for epoch, path in sources]
@@ -393,6 +395,59 @@ def main(argv=None):
         print(json.dumps({"best_epoch": best["epoch"], "snapshots": results}) if args.json else curve_table(results, best))
     else:
         print(json.dumps(results[0]) if args.json else table(results[0]))
+
+
+def translation_scores(args, sources, run_args, dataset, device):
+    """A cyclegan run on thin2thick: does G(test A) keep its digit and look thickened, does F(test B)
+    keep its digit and look thin, and how closely does each come back? Returns the table (or JSON)."""
+    if args.curve or run_args.get("dataset") != "thin2thick":
+        raise common.UserError("evaluate.py scores a cyclegan run trained on thin2thick, one checkpoint at a time "
+                               "(MNIST's classifier knows the digits; for other image sets there is no yardstick)")
+    cyclegan = importlib.import_module("cyclegan")
+    path = sources[0][1]
+    translator = cyclegan.load_generator(path, device)
+    data_root = find_data_root(args.data_root, run_args.get("data_root"))
+    flags = argparse.Namespace(dataset="mnist", data_root=data_root, img_size=CLASSIFIER_SIZE, batch_size=1, seed=0)
+    test, train = common.load_data(flags, device, train=False), common.load_data(flags, device, train=True)
+    n, size = min(args.n, len(test.images)), run_args["img_size"]
+    thin, labels = test.images[:n].cpu(), test.labels[:n].cpu()
+    thick = cyclegan.thicken(thin)
+    a_to_b = cyclegan.translate(translator.g_ab, resize(thin, size))     # what the run was given: its own size
+    b_to_a = cyclegan.translate(translator.g_ba, resize(thick, size))
+    a_back, b_back = cyclegan.translate(translator.g_ba, a_to_b), cyclegan.translate(translator.g_ab, b_to_a)
+    classifier, _ = get_classifier(dataset, data_root, train, test, device)
+    pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))[:n]
+    floor_thin = resize(resize(train.images[pick.to(train.images.device)].cpu(), size), CLASSIFIER_SIZE)
+    real_thin, real_thick = (resize(resize(images, size), CLASSIFIER_SIZE) for images in (thin, thick))
+
+    def fd(images, reference):
+        return frechet_distance_of(classify(classifier, resize(images, CLASSIFIER_SIZE))[0], classify(classifier, reference)[0])
+
+    def agreement(images):
+        return accuracy(classify(classifier, resize(images, CLASSIFIER_SIZE))[1], labels)
+
+    def cycle_error(images, back):
+        return (resize(back, size).float() - resize(images, size).float()).abs().mean().item() / 255
+    result = {"source": str(path), "script": "cyclegan", "dataset": "thin2thick", "n": n, "image_size": size,
+              "a_to_b_class_accuracy": agreement(a_to_b), "b_to_a_class_accuracy": agreement(b_to_a),
+              "thick_class_accuracy": agreement(real_thick), "thin_class_accuracy": agreement(real_thin),
+              "a_to_b_fd": fd(a_to_b, real_thick), "a_to_b_fd_floor": fd(cyclegan.thicken(floor_thin), real_thick),
+              "b_to_a_fd": fd(b_to_a, real_thin), "b_to_a_fd_floor": fd(floor_thin, real_thin),
+              "a_to_b_unchanged_fd": fd(thin, real_thick),
+              "cycle_error_a": cycle_error(resize(thin, size), a_back), "cycle_error_b": cycle_error(resize(thick, size), b_back)}
+    if args.json:
+        return json.dumps(result)
+    r = result
+    return "\n".join([
+        f"{r['source']}: cyclegan.py, the first {n} MNIST test images translated both ways ({size}x{size})", "",
+        f"{'':26}{'A -> B':>9}  {'B -> A':>9}",
+        f"{'class accuracy':26}{r['a_to_b_class_accuracy']:>9.4f}  {r['b_to_a_class_accuracy']:>9.4f}   the "
+        f"digit kept; real thick / thin: {r['thick_class_accuracy']:.4f} / {r['thin_class_accuracy']:.4f}",
+        f"{'FD against the target set':26}{r['a_to_b_fd']:>9.3f}  {r['b_to_a_fd']:>9.3f}   floor (real training "
+        f"images): {r['a_to_b_fd_floor']:.3f} / {r['b_to_a_fd_floor']:.3f}; untranslated A: {r['a_to_b_unchanged_fd']:.3f}",
+        f"{'cycle error':26}{r['cycle_error_a']:>9.4f}  {r['cycle_error_b']:>9.4f}   mean |F(G(a)) - a|, |G(F(b)) - b| "
+        "per pixel, 0 to 1",
+    ])
 
 
 def scores(images, labels, classifier, test, train, real, test_probabilities):

@@ -148,8 +148,7 @@ def main(argv=None):
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
     ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
-    decay = (lambda step: 1 - step / total_steps) if args.lr_decay == "linear" else (lambda step: 1.0)
+    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,

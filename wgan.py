@@ -17,6 +17,7 @@ Where this file departs from the paper (a flag gives the paper's setting back):
     python wgan.py --generate 10000           # samples from the newest run
     python evaluate.py runs/wgan --curve      # FD for each snapshot
 """
+import itertools
 import random
 
 import torch
@@ -33,6 +34,9 @@ def parse_args(argv=None):
                                  img_size=28, batch_size=64, epochs=50, lr=5e-5, lr_decay="none", smoothing=False)
     parser.add_argument("--n-critic", type=common.positive_int, default=5,
                         help="critic steps per generator step (counted over the whole run)")
+    parser.add_argument("--critic-boost", type=common.non_negative_int, default=0, metavar="K",
+                        help="K critic steps before each of the first 25 G steps and every 500th, as the authors' "
+                             "code does (0: n_critic always, as the paper's algorithm)")
     parser.add_argument("--clip", type=common.positive_float, default=0.01, metavar="C",
                         help="after every critic step, clamp each critic weight to [-C, C]")
     return common.parse_args(parser, argv)
@@ -101,13 +105,21 @@ def clip_weights(critic, clip):
             parameter.clamp_(-clip, clip)
 
 
+def critic_updates_before(g_step, args):
+    """How many critic updates come before G's update number g_step (0, 1, ...): n_critic, or with
+    --critic-boost K, K before each of the first 25 and every 500th, so that the critic is close to
+    the true distance when G starts, and now and then after."""
+    if args.critic_boost and (g_step < 25 or g_step % 500 == 0):
+        return args.critic_boost
+    return args.n_critic
+
+
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, critic, opt_g, opt_d, step, args):
-    """One critic update on a batch of real images, then one G update if this is the n_critic-th
-    step (`step` counts the run's earlier steps, so the rhythm carries across epochs and --resume).
-    Returns the values to log."""
+def train_step(real_images, generator, critic, opt_g, opt_d, update_g, args):
+    """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
+    it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train the critic every step, then clip its weights
@@ -123,8 +135,8 @@ def train_step(real_images, generator, critic, opt_g, opt_d, step, args):
     opt_d.step()
     clip_weights(critic, args.clip)
 
-    # Train G once every n_critic critic updates: make the critic score G's images high
-    if (step + 1) % args.n_critic == 0:
+    # Train G when it is its turn: make the critic score G's images high
+    if update_g:
         z = torch.randn(batch_size, args.latent_dim, device=device)   # fresh noise
         opt_g.zero_grad(set_to_none=True)
         generator_loss(critic(generator(z))).backward()
@@ -166,8 +178,11 @@ def main(argv=None):
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
     ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    total_g_steps = data.steps_per_epoch(args.batch_size) * args.epochs // args.n_critic
-    decay = (lambda g_step: 1 - g_step / total_g_steps) if args.lr_decay == "linear" else (lambda g_step: 1.0)
+    # The critic updates after which G trains: n_critic apart (--critic-boost apart at first and every 500th)
+    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
+    g_turns = set(itertools.takewhile(lambda step: step <= total_steps, itertools.accumulate(
+        critic_updates_before(g_step, args) for g_step in itertools.count())))
+    decay = common.lr_factor(args.lr_decay, total_steps=len(g_turns))
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
@@ -176,8 +191,9 @@ def main(argv=None):
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
-                logged = train_step(real_images, generator, critic, opt_g, opt_d, run.step, args)
-                if (run.step + 1) % args.n_critic == 0:   # G was updated: its average and the schedules follow
+                update_g = run.step + 1 in g_turns
+                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, args)
+                if update_g:   # G changed: its average and the schedules follow
                     ema.update_parameters(generator)
                     for schedule in schedules:
                         schedule.step()

@@ -111,10 +111,9 @@ def gradient_penalty(critic, real_images, fake_images, lambda_gp):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, critic, opt_g, opt_d, step, args):
-    """One critic update on a batch of real images, then one G update if this is the n_critic-th
-    step (`step` counts the run's earlier steps, so the rhythm carries across epochs and --resume).
-    Returns the values to log."""
+def train_step(real_images, generator, critic, opt_g, opt_d, update_g, args):
+    """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
+    it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train the critic every step: Wasserstein loss + gradient penalty
@@ -130,8 +129,8 @@ def train_step(real_images, generator, critic, opt_g, opt_d, step, args):
     loss_critic.backward()
     opt_d.step()
 
-    # Train G once every n_critic critic updates: make the critic score G's images high
-    if (step + 1) % args.n_critic == 0:
+    # Train G when it is its turn: make the critic score G's images high
+    if update_g:
         z = torch.randn(batch_size, args.latent_dim, device=device)   # fresh noise
         opt_g.zero_grad(set_to_none=True)
         generator_loss(critic(generator(z))).backward()
@@ -173,8 +172,8 @@ def main(argv=None):
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
     ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    total_g_steps = data.steps_per_epoch(args.batch_size) * args.epochs // args.n_critic
-    decay = (lambda g_step: 1 - g_step / total_g_steps) if args.lr_decay == "linear" else (lambda g_step: 1.0)
+    g_steps = data.steps_per_epoch(args.batch_size) * args.epochs // args.n_critic
+    decay = common.lr_factor(args.lr_decay, total_steps=g_steps)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
@@ -183,8 +182,9 @@ def main(argv=None):
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
-                logged = train_step(real_images, generator, critic, opt_g, opt_d, run.step, args)
-                if (run.step + 1) % args.n_critic == 0:   # G was updated: its average and the schedules follow
+                update_g = (run.step + 1) % args.n_critic == 0   # G trains after every n_critic-th critic update
+                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, args)
+                if update_g:   # G changed: its average and the schedules follow
                     ema.update_parameters(generator)
                     for schedule in schedules:
                         schedule.step()

@@ -80,7 +80,7 @@ def parse_args(argv=None):
 def script_step(module, args, shape, n_classes, device):
     """step(real_images, real_labels): the script's train_step on the networks and optimisers its
     build() makes, with the arguments main() gives it (matched by name: real_labels for the
-    conditional scripts, the step count for the WGAN scripts' n_critic rhythm)."""
+    conditional scripts; for the WGAN scripts, update_g on every n_critic-th step)."""
     generator, discriminator, opt_g, opt_d = module.build(args, shape, n_classes, device)
     if getattr(args, "unfused_adam", False):   # PyTorch's default Adam: what fused=True gains
         opt_g, opt_d = (torch.optim.Adam(o.param_groups[0]["params"], **{**o.defaults, "fused": None})
@@ -91,7 +91,7 @@ def script_step(module, args, shape, n_classes, device):
     def step(real_images, real_labels):
         given = {"real_images": real_images, "real_labels": real_labels, "generator": generator,
                  "discriminator": discriminator, "critic": discriminator, "opt_g": opt_g, "opt_d": opt_d,
-                 "step": next(count), "args": args}
+                 "update_g": (next(count) + 1) % getattr(args, "n_critic", 1) == 0, "args": args}
         module.train_step(**{name: given[name] for name in names})
     return step
 

@@ -148,7 +148,7 @@ def call_train_step(module, nets, real_images, real_labels, args, step=0):
     generator, discriminator, opt_g, opt_d = nets
     given = {"real_images": real_images, "real_labels": real_labels, "generator": generator,
              "discriminator": discriminator, "critic": discriminator, "opt_g": opt_g, "opt_d": opt_d,
-             "step": step, "args": args}
+             "update_g": (step + 1) % getattr(args, "n_critic", 1) == 0, "args": args}
     return module.train_step(**{name: given[name] for name in inspect.signature(module.train_step).parameters})
 
 

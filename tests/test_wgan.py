@@ -61,6 +61,26 @@ def test_n_critic_steps_per_generator_step_counted_over_the_whole_run(tmp_path):
     assert "".join(calls) == expected
 
 
+def test_critic_boost_gives_the_authors_schedule_and_resumes_in_step(tmp_path):
+    """--critic-boost K: K critic steps before each of the first 25 G steps and every 500th, n_critic
+    otherwise; off (0), n_critic always. The rhythm is a function of the run's step, so a resume
+    mid-boost continues it."""
+    boosted = wgan.parse_args(["--critic-boost", "100"])[0]
+    assert [wgan.critic_updates_before(g, boosted) for g in (0, 1, 24, 25, 26, 499, 500, 501, 1000)] == \
+        [100, 100, 100, 5, 5, 5, 100, 5, 100]
+    plain = wgan.parse_args([])[0]
+    assert plain.critic_boost == 0 and {wgan.critic_updates_before(g, plain) for g in range(1001)} == {5}
+    flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "3", "--n-critic", "2", "--critic-boost", "5"]
+    expected = "DDDDDG" "DDDDDG" "DD"   # 12 critic steps: G after steps 5 and 10 (both among the first 25)
+    with optimizer_steps() as calls:
+        assert run_inprocess(wgan.main, flags + ["--out", tmp_path / "whole"]) == 0
+    assert "".join(calls) == expected
+    with optimizer_steps() as calls:
+        assert run_inprocess(wgan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "7"]) == 0
+        assert run_inprocess(wgan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt"]) == 0
+    assert "".join(calls) == expected
+
+
 def test_every_critic_weight_stays_within_the_clip_after_every_critic_step(tmp_path, monkeypatch):
     """The default initialisation has weights up to 1/sqrt(784) = 0.036, so only clipping after
     the very first critic step keeps every later forward pass within [-0.02, 0.02]."""

@@ -1,0 +1,359 @@
+"""CycleGAN: Zhu, Park, Isola and Efros, "Unpaired Image-to-Image Translation using Cycle-Consistent
+Adversarial Networks", ICCV 2017 (arXiv:1703.10593).
+
+Two generators translate between two unpaired sets of images, G: A -> B and F: B -> A, each judged
+by its own discriminator (D_B: a real B?, D_A: a real A?). Fooling D alone would let G map every a
+to any plausible b, so a cycle loss asks F(G(a)) = a and G(F(b)) = b: what G changes F must undo,
+which keeps the content and changes the style; an identity loss (G(b) = b, F(a) = a) keeps what
+need not change. The paper's setting: a ResNet G with InstanceNorm and reflection padding, a
+PatchGAN D, least-squares losses, lambda 10 (identity 0.5 lambda), a pool of 50 past fakes for D,
+Adam(2e-4, betas 0.5, 0.999), the rate constant for half the epochs, then linear to 0.
+
+Where this file departs from the paper (a flag gives the paper's setting back):
+- --width 16, --blocks 3, --d-layers 2 and --batch-size 16 fit 28 px digits on a CPU (the paper:
+  64, 9, 3 and 1 at 256 px); --label-smoothing and --label-exchange act on the LSGAN targets.
+
+    python cyclegan.py --dataset thin2thick   # MNIST: thin strokes <-> thick ones, runs/cyclegan
+    python cyclegan.py --dataset folder --data-root data/horse2zebra --img-size 256 --width 64 \\
+        --blocks 9 --d-layers 3 --batch-size 1 --epochs 200 --device cuda          # the paper's
+    python cyclegan.py --generate 100         # translate test images both ways: generated.npz
+    python evaluate.py runs/cyclegan          # the digit kept, FD both ways, the cycle error
+"""
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+import common
+
+
+def parse_args(argv=None):
+    parser = common.build_parser("cyclegan", "CycleGAN: unpaired translation between two image sets A and B "
+                                 "(thin2thick: MNIST digits as they are and with thickened strokes; folder: "
+                                 "--data-root holds trainA/ and trainB/, and testA/ and testB/ if present).",
+                                 img_size=28, batch_size=16, epochs=2, lr=2e-4, ema=0.0, lr_decay="half",
+                                 datasets=("thin2thick", "folder", "fake"))
+    parser.add_argument("--width", type=common.positive_int, default=16, help="channels of G's first layer and D's")
+    parser.add_argument("--blocks", type=common.positive_int, default=3, help="residual blocks in G")
+    parser.add_argument("--d-layers", type=common.positive_int, default=2,
+                        help="stride-2 layers in D (3 gives the paper's 70x70 patches at 256 px)")
+    parser.add_argument("--lambda-cycle", type=common.positive_float, default=10.0, help="weight of the cycle loss")
+    parser.add_argument("--lambda-identity", type=common.non_negative_float, default=0.5,
+                        help="weight of the identity loss, as a fraction of --lambda-cycle (0: none)")
+    parser.add_argument("--pool-size", type=common.non_negative_int, default=50,
+                        help="D sees fakes from a pool of this many (0: none)")
+    return common.parse_args(parser, argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: two unpaired sets, A and B
+# ---------------------------------------------------------------------------------------------
+def thicken(images):
+    """uint8 (N, 1, H, W) digits with strokes one pixel wider all round: a 3x3 maximum filter."""
+    return F.max_pool2d(images.float(), 3, stride=1, padding=1).to(torch.uint8)
+
+
+class Unpaired:
+    """Two ImageData sets A and B; a step takes a batch of each, in orders drawn independently."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+        self.shape, self.n_classes, self.class_names = a.shape, a.n_classes, a.class_names
+
+    def __str__(self):
+        return f"A: {self.a}; B: {self.b}"
+
+    def steps_per_epoch(self, batch_size):
+        return min(len(self.a.images), len(self.b.images)) // batch_size
+
+    def batches(self, batch_size, epoch, seed, skip=0):
+        """Yield (a, b) image batches in [-1, 1]; resumable like ImageData.batches."""
+        steps = self.steps_per_epoch(batch_size)
+        pairs = zip(self.a.batches(batch_size, epoch, seed, skip), self.b.batches(batch_size, epoch, seed + 1, skip))
+        for step, ((a, _), (b, _)) in zip(range(skip, steps), pairs):
+            yield a, b
+
+
+def load_unpaired(args, device, train=True, channels=None):
+    """A and B for --dataset, as an Unpaired of two ImageData (labels kept for evaluation); grey sets
+    become colour when the other set (or `channels`, a trained run's) is colour."""
+    if args.dataset == "folder":
+        folders = [Path(args.data_root) / f"{'train' if train else 'test'}{side}" for side in "AB"]
+        if not train and not all(f.is_dir() for f in folders):
+            folders = [Path(args.data_root) / f"train{side}" for side in "AB"]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise common.UserError(f"--data-root {args.data_root} needs trainA/ and trainB/ (missing: {', '.join(missing)})")
+        sets = [common.folder_images(folder, args.img_size) for folder in folders]
+        a, b = ([images, torch.zeros(len(images), dtype=torch.long), [folder.name]]
+                for (images, _, _), folder in zip(sets, folders))
+        channels = max(a[0].shape[1], b[0].shape[1], channels or 1)   # one grey, one colour: both colour
+        a[0], b[0] = a[0].expand(-1, channels, -1, -1), b[0].expand(-1, channels, -1, -1)
+    else:   # thin2thick and fake: halves of one labelled set, B thickened; the halves share no image
+        flags = argparse.Namespace(**{**vars(args), "img_size": 28,
+                                      "dataset": "mnist" if args.dataset == "thin2thick" else "fake"})
+        data = common.load_data(flags, "cpu", train)
+        half = len(data.images) // 2 if train else len(data.images)
+        a = [data.images[:half], data.labels[:half], data.class_names]
+        b = [thicken(data.images[-half:]), data.labels[-half:], data.class_names]
+    if train and min(len(a[0]), len(b[0])) < args.batch_size:
+        raise common.UserError(f"A has {len(a[0])} images and B {len(b[0])}: fewer than --batch-size {args.batch_size}")
+    pair = []
+    for images, labels, names in (a, b):
+        if images.shape[-1] != args.img_size:
+            images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
+            images = images.round().clamp(0, 255).to(torch.uint8)
+        pair.append(common.ImageData(images.contiguous(), labels, names, device))
+    return Unpaired(*pair)
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+def init_weights(module):
+    """The paper's code: weights from N(0, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels))
+
+    def forward(self, x):
+        return x + self.net(x)   # the block learns a change to its input
+
+
+class Generator(nn.Module):
+    """image (B, C, H, W) -> translated image (B, C, H, W) in [-1, 1]; H and W multiples of 4.
+    c7s1-k, d2k, d4k, `blocks` x R4k, u2k, uk, c7s1-C (k = width), as in the paper."""
+
+    def __init__(self, channels, width, blocks):
+        super().__init__()
+        k = width
+        self.net = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(channels, k, 7), nn.InstanceNorm2d(k), nn.ReLU(),      # (B, k, H, W)
+            nn.Conv2d(k, 2 * k, 3, 2, 1), nn.InstanceNorm2d(2 * k), nn.ReLU(),                      # (B, 2k, H/2, W/2)
+            nn.Conv2d(2 * k, 4 * k, 3, 2, 1), nn.InstanceNorm2d(4 * k), nn.ReLU(),                  # (B, 4k, H/4, W/4)
+            *[ResidualBlock(4 * k) for _ in range(blocks)],                                         # (B, 4k, H/4, W/4)
+            nn.ConvTranspose2d(4 * k, 2 * k, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(2 * k), nn.ReLU(),
+            nn.ConvTranspose2d(2 * k, k, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(k), nn.ReLU(),  # (B, k, H, W)
+            nn.ReflectionPad2d(3), nn.Conv2d(k, channels, 7), nn.Tanh(),                            # (B, C, H, W)
+        )
+        self.apply(init_weights)
+
+    def forward(self, images):
+        return self.net(images)
+
+
+class Discriminator(nn.Module):
+    """image (B, C, H, W) -> a realness score for each overlapping patch (B, 1, h, w) (PatchGAN):
+    `layers` stride-2 4x4 convolutions (no InstanceNorm on the first), one of stride 1, then one to 1."""
+
+    def __init__(self, channels, width, layers):
+        super().__init__()
+        blocks, n = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)], width
+        for i in range(1, layers + 1):
+            stride, n_out = (2 if i < layers else 1), width * min(2 ** i, 8)
+            blocks += [nn.Conv2d(n, n_out, 4, stride, 1), nn.InstanceNorm2d(n_out), nn.LeakyReLU(0.2)]
+            n = n_out
+        blocks.append(nn.Conv2d(n, 1, 4, 1, 1))   # no sigmoid: the least-squares loss takes the raw score
+        self.net = nn.Sequential(*blocks)
+        self.apply(init_weights)
+
+    def forward(self, images):
+        return self.net(images)
+
+
+class Translator(nn.Module):
+    """The two generators; called on (a, b) it gives the grid's six rows: a, G(a), F(G(a)), b, F(b), G(F(b))."""
+
+    def __init__(self, channels, width, blocks):
+        super().__init__()
+        self.g_ab, self.g_ba = Generator(channels, width, blocks), Generator(channels, width, blocks)
+
+    def forward(self, a, b):
+        fake_b, fake_a = self.g_ab(a), self.g_ba(b)
+        return torch.cat([a, fake_b, self.g_ba(fake_b), b, fake_a, self.g_ab(fake_a)])
+
+
+class ImagePool(nn.Module):
+    """The last `size` fakes G made. D is shown each new fake or, half the time once the pool is full,
+    an older one in its place, so it does not forget what G drew a while ago. The images are a buffer
+    and the count extra state, so a checkpoint keeps both."""
+
+    def __init__(self, size, image_shape):
+        super().__init__()
+        self.size, self.count = size, 0   # the count is a host int: reading it costs no GPU sync
+        self.register_buffer("images", torch.zeros(size, *image_shape))
+
+    def get_extra_state(self):
+        return {"count": self.count}
+
+    def set_extra_state(self, state):
+        self.count = state["count"]
+
+    def forward(self, fakes):
+        if self.size == 0:
+            return fakes.detach()
+        shown = []
+        for fake in fakes.detach():
+            if self.count < self.size:   # filling up: keep it, show it
+                self.images[self.count] = fake
+                self.count += 1
+                shown.append(fake)
+            elif random.random() < 0.5:   # show an old one, keep the new one in its place (host-side coins)
+                index = random.randrange(self.size)
+                shown.append(self.images[index].clone())
+                self.images[index] = fake
+            else:
+                shown.append(fake)
+        return torch.stack(shown)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+def gan_loss(scores, target):
+    """Least squares: mean (D(x) - target)^2 over every patch; target 1 for real, 0 for fake."""
+    return F.mse_loss(scores, target.expand_as(scores))
+
+
+def cycle_loss(images, reconstructed):
+    """||F(G(a)) - a||_1 (or ||G(F(b)) - b||_1), the mean absolute error per pixel."""
+    return F.l1_loss(reconstructed, images)
+
+
+def discriminator_targets(batch_size, smoothing, exchange, device):
+    """LSGAN targets for D: 1 for real, 0 for fake; one-sided smoothing draws real targets from
+    [1 - smoothing, 1]; label exchange swaps the two with probability `exchange`."""
+    real_targets = 1 - smoothing * torch.rand(batch_size, 1, 1, 1, device=device)
+    fake_targets = torch.zeros(batch_size, 1, 1, 1, device=device)
+    if random.random() < exchange:   # a host-side coin: no GPU sync
+        real_targets, fake_targets = fake_targets, real_targets
+    return real_targets, fake_targets
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step
+# ---------------------------------------------------------------------------------------------
+def train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, args):
+    """One update of both generators, then one of both discriminators, on a batch of each set.
+    Returns the values to log."""
+    g_ab, g_ba, batch_size, device = translator.g_ab, translator.g_ba, real_a.size(0), real_a.device
+    ones = torch.ones(batch_size, 1, 1, 1, device=device)
+
+    # Train G and F: fool D_B and D_A (target 1), come back by the cycle, and leave the other set alone
+    fake_b, fake_a = g_ab(real_a), g_ba(real_b)                              # (B, C, H, W) each
+    loss_gan = gan_loss(d_b(fake_b), ones) + gan_loss(d_a(fake_a), ones)
+    loss_cycle = cycle_loss(real_a, g_ba(fake_b)) + cycle_loss(real_b, g_ab(fake_a))
+    loss_identity = cycle_loss(real_b, g_ab(real_b)) + cycle_loss(real_a, g_ba(real_a))
+    loss_g = loss_gan + args.lambda_cycle * (loss_cycle + args.lambda_identity * loss_identity)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+
+    # Train D_A and D_B: real images -> real_targets (1), fakes from the pools -> fake_targets (0)
+    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
+    loss_d = 0.5 * (gan_loss(d_b(real_b), real_targets) + gan_loss(d_b(pool_b(fake_b)), fake_targets)
+                    + gan_loss(d_a(real_a), real_targets) + gan_loss(d_a(pool_a(fake_a)), fake_targets))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    return {"loss_d": loss_d, "loss_g": loss_g, "gan": loss_gan, "cycle": loss_cycle, "identity": loss_identity}
+
+
+def build(args, image_shape, n_classes, device):
+    """The networks, pools and optimisers these flags describe: one Adam for both generators, one
+    for both discriminators, as in the paper's code."""
+    if args.img_size % 4 or args.img_size // 2 ** args.d_layers < 3:
+        raise common.UserError(f"--img-size {args.img_size} must be a multiple of 4 (G halves it twice) and at least "
+                               f"3 x 2^{args.d_layers} (D halves it --d-layers times and scores patches of 3 or more)")
+    channels = image_shape[0]
+    translator = Translator(channels, args.width, args.blocks).to(device)
+    d_a, d_b = (Discriminator(channels, args.width, args.d_layers).to(device) for _ in "AB")
+    pool_a, pool_b = (ImagePool(args.pool_size, image_shape).to(device) for _ in "AB")
+    opt_g = torch.optim.Adam(translator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=args.lr, betas=(0.5, 0.999), fused=True)
+    return translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d
+
+
+def load_generator(path, device="cpu"):
+    """Both trained generators of a checkpoint.pt or generator_epoch_*.pt snapshot, in eval mode:
+    translator = load_generator(path); b = translator.g_ab(a); a = translator.g_ba(b)."""
+    saved = common.load_checkpoint(path, "cyclegan")
+    translator = Translator(saved["image_shape"][0], saved["args"]["width"], saved["args"]["blocks"])
+    translator.load_state_dict(saved["sampler"])
+    return translator.to(device).eval()
+
+
+@torch.no_grad()
+def translate(translator, images, chunk=500):
+    """Translate uint8 images (N, C, H, W) with one generator: uint8 out, in chunks."""
+    device = next(translator.parameters()).device
+    out = [translator(part.to(device).float().div(127.5).sub(1)) for part in images.split(chunk)]
+    return torch.cat(out).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+
+
+def generate(args, checkpoint, device):
+    """--generate N: the first N test images of each set and their translations, to a new generated*.npz
+    (a, a_to_b, a_to_b_to_a, b, b_to_a, b_to_a_to_b as uint8, with labels_a, labels_b) and a grid."""
+    common.check_writable(args.out)
+    translator = load_generator(args.resume, device)
+    test = load_unpaired(args, "cpu", train=False, channels=checkpoint["image_shape"][0])
+    a, b = test.a.images[:args.generate], test.b.images[:args.generate]
+    a_to_b, b_to_a = translate(translator.g_ab, a), translate(translator.g_ba, b)
+    arrays = {"a": a, "a_to_b": a_to_b, "a_to_b_to_a": translate(translator.g_ba, a_to_b), "b": b,
+              "b_to_a": b_to_a, "b_to_a_to_b": translate(translator.g_ab, b_to_a),
+              "labels_a": test.a.labels[:args.generate], "labels_b": test.b.labels[:args.generate]}
+    path = common.free_path(args.out, "generated", ".npz")
+    np.savez_compressed(path, **{name: array.numpy() for name, array in arrays.items()})
+    rows = torch.cat([arrays[name][:10] for name in ("a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b")])
+    common.save_grid(rows.float().div(127.5).sub(1), path.with_suffix(".png"), nrow=min(10, len(a)))
+    print(f"wrote {len(a)} test images of each set and their translations to {path}, a grid to {path.with_suffix('.png')}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    args, checkpoint = parse_args(argv)
+    device = common.pick_device(args.device)
+    common.seed_everything(args.seed)
+    if args.generate:   # no training: translate test images with a checkpoint or snapshot
+        return generate(args, checkpoint, device)
+
+    data = load_unpaired(args, device)   # decoded once; batches are cut on the device
+    translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
+    # Grids, snapshots and --generate use a moving average of the generators (--ema 0: the generators)
+    ema = AveragedModel(translator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
+    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
+    # The same images for every grid: rows a, G(a), F(G(a)), b, F(b), G(F(b))
+    fixed_a, fixed_b = data.a.images[:8].float().div(127.5).sub(1), data.b.images[:8].float().div(127.5).sub(1)
+    state = {"translator": translator, "d_a": d_a, "d_b": d_b, "pool_a": pool_a, "pool_b": pool_b, "opt_g": opt_g,
+             "opt_d": opt_d, "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1]}
+
+    with common.Run(args, data, checkpoint, state, ema.module, (fixed_a, fixed_b)) as run:   # restores a --resume
+        for epoch in run.epochs():
+            for real_a, real_b in run.batches(epoch):
+                logged = train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, args)
+                ema.update_parameters(translator)
+                for schedule in schedules:
+                    schedule.step()
+                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
+                    break
+            run.end_epoch(epoch)   # grid, snapshot, checkpoint
+
+
+if __name__ == "__main__":
+    common.run_main(main)
