@@ -11,7 +11,7 @@ Where this file departs from the paper or common implementations (a flag gives t
 - The class head gives logits to cross_entropy; a Softmax before cross_entropy would apply it twice.
 - D's class head learns from real images only (--fake-class-loss: also from G's, as the paper does),
   so D does not learn G's early mistakes as classes that G is then rewarded for.
-- --d-dropout 0.3 after D's convolutions and --label-smoothing 0.1 keep D from overpowering G.
+- --spectral-norm (not BatchNorm) in D and --label-smoothing 0.1 keep D from overpowering G.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
 - --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
 
@@ -19,6 +19,7 @@ Where this file departs from the paper or common implementations (a flag gives t
     python acgan.py --generate 100 --label 7  # sevens from the newest run
     python acgan.py --dataset folder --data-root my_classes --img-size 64 --width 128 --device cuda
 """
+import argparse
 import random
 
 import torch
@@ -34,8 +35,11 @@ def parse_args(argv=None):
                                  img_size=32, batch_size=64, epochs=50, lr=2e-4, conditional=True)
     parser.add_argument("--width", type=common.positive_int, default=16, metavar="W",
                         help="channels: G goes 8W -> 4W -> 2W -> W -> C, D goes C -> W -> ... -> 8W")
-    parser.add_argument("--d-dropout", type=common.fraction, default=0.3, metavar="P",
-                        help="dropout after each of D's convolutions (0: none, as in the paper)")
+    parser.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=True,
+                        help="spectral normalisation of D's layers instead of BatchNorm (Miyato et al. 2018); "
+                             "--no-spectral-norm: BatchNorm, as in the paper")
+    parser.add_argument("--d-dropout", type=common.fraction, default=0.0, metavar="P",
+                        help="dropout after each of D's convolutions (Keras' ACGAN example: 0.3)")
     parser.add_argument("--fake-class-loss", action="store_true",
                         help="also train D's class head on G's images with the labels G was given (the paper's)")
     parser.set_defaults(label_smoothing=0.1)
@@ -93,11 +97,12 @@ class Discriminator(nn.Module):
     """image (B, C, H, W) -> (realness logit (B, 1), class logits (B, n_classes)): both heads give
     logits, and the losses apply the sigmoid and the softmax themselves."""
 
-    def __init__(self, n_classes, image_shape, width, dropout):
+    def __init__(self, n_classes, image_shape, width, dropout, spectral_norm=False):
         super().__init__()
         channels, height, breadth = image_shape
 
         def down(n_in, n_out, batch_norm=True):   # halves H and W
+            batch_norm = batch_norm and not spectral_norm
             return [nn.Conv2d(n_in, n_out, 4, 2, 1), *([nn.BatchNorm2d(n_out)] if batch_norm else []),
                     nn.LeakyReLU(0.2), nn.Dropout(dropout)]
 
@@ -112,6 +117,9 @@ class Discriminator(nn.Module):
         self.realness_head = nn.Linear(n_features, 1)          # (B, 1)
         self.class_head = nn.Linear(n_features, n_classes)     # (B, n_classes)
         self.apply(init_weights)
+        if spectral_norm:   # each weight divided by its largest singular value: D is 1-Lipschitz per layer
+            for layer in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+                nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, images):
         features = self.net(images)
@@ -184,7 +192,7 @@ def build(args, image_shape, n_classes, device):
         raise common.UserError(f"{args.data_root} holds a single class; ACGAN needs at least 2 "
                                "(one sub-folder of images per class)")
     generator = Generator(args.latent_dim, n_classes, image_shape, args.width).to(device)
-    discriminator = Discriminator(n_classes, image_shape, args.width, args.d_dropout).to(device)
+    discriminator = Discriminator(n_classes, image_shape, args.width, args.d_dropout, args.spectral_norm).to(device)
     # fused=True: the same Adam arithmetic in one kernel for all parameters (docs/speed.md)
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)

@@ -368,7 +368,8 @@ class Run:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"cannot create the run folder {self.dir} ({error.strerror or error}); choose another --out")
+            raise UserError(f"cannot create the run folder {self.dir} ({error.strerror or error}); "
+                            "choose another --out")
         self.meta = {"script": args.script, "args": vars(args), "image_shape": data.shape,
                      "n_classes": data.n_classes, "class_names": data.class_names}
         self.trained, self.sums, self.count, self.stop_signal = False, None, 0, None

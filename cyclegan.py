@@ -88,7 +88,8 @@ def load_unpaired(args, device, train=True, channels=None):
             folders = [Path(args.data_root) / f"train{side}" for side in "AB"]
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
-            raise common.UserError(f"--data-root {args.data_root} needs trainA/ and trainB/ (missing: {', '.join(missing)})")
+            raise common.UserError(f"--data-root {args.data_root} needs trainA/ and trainB/ "
+                                   f"(missing: {', '.join(missing)})")
         sets = [common.folder_images(folder, args.img_size) for folder in folders]
         a, b = ([images, torch.zeros(len(images), dtype=torch.long), [folder.name]]
                 for (images, _, _), folder in zip(sets, folders))
@@ -319,7 +320,8 @@ def generate(args, checkpoint, device):
     np.savez_compressed(path, **{name: array.numpy() for name, array in arrays.items()})
     rows = torch.cat([arrays[name][:10] for name in ("a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b")])
     common.save_grid(rows.float().div(127.5).sub(1), path.with_suffix(".png"), nrow=min(10, len(a)))
-    print(f"wrote {len(a)} test images of each set and their translations to {path}, a grid to {path.with_suffix('.png')}")
+    print(f"wrote {len(a)} test images of each set and their translations to {path}, "
+          f"a grid to {path.with_suffix('.png')}")
 
 
 # ---------------------------------------------------------------------------------------------

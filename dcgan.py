@@ -19,6 +19,7 @@ Where this file departs from the paper (a flag gives the paper's setting back):
     python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces
     python evaluate.py runs/dcgan --curve     # FD for each snapshot
 """
+import argparse
 import random
 
 import torch
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=common.positive_int, default=32,
                         help="base channel count W: G's last hidden block and D's first have W channels, "
                              "each block nearer 4x4 doubles it (64 is the paper's, 4x the computation)")
+    parser.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=False,
+                        help="spectral normalisation of D's layers instead of BatchNorm (Miyato et al. 2018)")
     args, checkpoint = common.parse_args(parser, argv)
     if args.img_size not in IMG_SIZES:
         raise common.UserError(f"--img-size {args.img_size}: DCGAN needs a power of two from 16 to 128 "
@@ -112,19 +115,23 @@ class Discriminator(nn.Module):
         Conv2d(8W, 1, 4, 1, 0)      (B, 1, 1, 1)      the logit, from a convolution over the 4x4 map
     """
 
-    def __init__(self, channels, img_size, width):
+    def __init__(self, channels, img_size, width, spectral_norm=False):
         super().__init__()
         n_doublings(img_size)   # refuses a size the blocks cannot reach 4x4 from
         layers = [nn.Conv2d(channels, width, 4, 2, 1),   # (B, W, img_size/2, img_size/2)
                   nn.LeakyReLU(0.2)]
         features, side = width, img_size // 2
         while side > 4:
-            layers += [nn.Conv2d(features, features * 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(features * 2), nn.LeakyReLU(0.2)]   # (B, 2*features, side/2, side/2)
+            layers += [nn.Conv2d(features, features * 2, 4, 2, 1, bias=spectral_norm),
+                       *([] if spectral_norm else [nn.BatchNorm2d(features * 2)]),
+                       nn.LeakyReLU(0.2)]   # (B, 2*features, side/2, side/2)
             features, side = features * 2, side // 2
         layers += [nn.Conv2d(features, 1, 4, 1, 0)]     # (B, 1, 1, 1)
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
+        if spectral_norm:   # each weight divided by its largest singular value, in place of BatchNorm
+            for layer in [m for m in self.modules() if isinstance(m, nn.Conv2d)]:
+                nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, images):
         return self.net(images).flatten(1)   # (B, 1)
@@ -178,7 +185,7 @@ def train_step(real_images, generator, discriminator, opt_g, opt_d, args):
 def build(args, image_shape, n_classes, device):
     """The networks and optimisers these flags describe (grey or RGB follows the data)."""
     generator = Generator(args.latent_dim, image_shape[0], args.img_size, args.width).to(device)
-    discriminator = Discriminator(image_shape[0], args.img_size, args.width).to(device)
+    discriminator = Discriminator(image_shape[0], args.img_size, args.width, args.spectral_norm).to(device)
     # fused=True: the same Adam arithmetic in one kernel for all parameters (docs/speed.md)
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)

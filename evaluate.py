@@ -379,7 +379,8 @@ def main(argv=None):
     samples = [(epoch, path, *(read_npz(path, args.n) if path.suffix == ".npz" else
                                draw_samples(script, path, args.n, args.seed, device))) for epoch, path in sources]
     data_root = find_data_root(args.data_root, run_args.get("data_root"))
-    data_flags = argparse.Namespace(dataset=dataset, data_root=data_root, img_size=CLASSIFIER_SIZE, batch_size=1, seed=0)
+    data_flags = argparse.Namespace(dataset=dataset, data_root=data_root, img_size=CLASSIFIER_SIZE, batch_size=1,
+                                    seed=0)
     test = common.load_data(data_flags, device, train=False)
     train = common.load_data(data_flags, device, train=True)
     for epoch, path, images, labels in samples:
@@ -392,7 +393,8 @@ def main(argv=None):
                         **scores(images, labels, classifier, test, train, real, test_probabilities)})
     if args.curve:
         best = min(results, key=lambda r: r["fd"])
-        print(json.dumps({"best_epoch": best["epoch"], "snapshots": results}) if args.json else curve_table(results, best))
+        print(json.dumps({"best_epoch": best["epoch"], "snapshots": results}) if args.json
+              else curve_table(results, best))
     else:
         print(json.dumps(results[0]) if args.json else table(results[0]))
 
@@ -421,7 +423,8 @@ def translation_scores(args, sources, run_args, dataset, device):
     real_thin, real_thick = (resize(resize(images, size), CLASSIFIER_SIZE) for images in (thin, thick))
 
     def fd(images, reference):
-        return frechet_distance_of(classify(classifier, resize(images, CLASSIFIER_SIZE))[0], classify(classifier, reference)[0])
+        features = classify(classifier, resize(images, CLASSIFIER_SIZE))[0]
+        return frechet_distance_of(features, classify(classifier, reference)[0])
 
     def agreement(images):
         return accuracy(classify(classifier, resize(images, CLASSIFIER_SIZE))[1], labels)
@@ -434,7 +437,8 @@ def translation_scores(args, sources, run_args, dataset, device):
               "a_to_b_fd": fd(a_to_b, real_thick), "a_to_b_fd_floor": fd(cyclegan.thicken(floor_thin), real_thick),
               "b_to_a_fd": fd(b_to_a, real_thin), "b_to_a_fd_floor": fd(floor_thin, real_thin),
               "a_to_b_unchanged_fd": fd(thin, real_thick),
-              "cycle_error_a": cycle_error(resize(thin, size), a_back), "cycle_error_b": cycle_error(resize(thick, size), b_back)}
+              "cycle_error_a": cycle_error(resize(thin, size), a_back),
+              "cycle_error_b": cycle_error(resize(thick, size), b_back)}
     if args.json:
         return json.dumps(result)
     r = result
@@ -444,7 +448,8 @@ def translation_scores(args, sources, run_args, dataset, device):
         f"{'class accuracy':26}{r['a_to_b_class_accuracy']:>9.4f}  {r['b_to_a_class_accuracy']:>9.4f}   the "
         f"digit kept; real thick / thin: {r['thick_class_accuracy']:.4f} / {r['thin_class_accuracy']:.4f}",
         f"{'FD against the target set':26}{r['a_to_b_fd']:>9.3f}  {r['b_to_a_fd']:>9.3f}   floor (real training "
-        f"images): {r['a_to_b_fd_floor']:.3f} / {r['b_to_a_fd_floor']:.3f}; untranslated A: {r['a_to_b_unchanged_fd']:.3f}",
+        f"images): {r['a_to_b_fd_floor']:.3f} / {r['b_to_a_fd_floor']:.3f}; "
+        f"untranslated A: {r['a_to_b_unchanged_fd']:.3f}",
         f"{'cycle error':26}{r['cycle_error_a']:>9.4f}  {r['cycle_error_b']:>9.4f}   mean |F(G(a)) - a|, |G(F(b)) - b| "
         "per pixel, 0 to 1",
     ])
@@ -469,7 +474,8 @@ def scores(images, labels, classifier, test, train, real, test_probabilities):
             "fd": frechet_distance(*gaussian_statistics(features), *test_statistics), "fd_floor": fd_floor,
             "class_accuracy": accuracy(probabilities, labels) if labels is not None else None,
             "accuracy_ceiling": accuracy(test_probabilities, test.labels),
-            "coverage": coverage(probabilities, test.n_classes), "coverage_real": coverage(test_probabilities, test.n_classes),
+            "coverage": coverage(probabilities, test.n_classes),
+            "coverage_real": coverage(test_probabilities, test.n_classes),
             "confidence": confidence(probabilities), "confidence_real": confidence(test_probabilities)}
 
 

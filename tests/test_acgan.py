@@ -9,10 +9,12 @@ import torch.nn as nn
 
 import acgan
 import common
-from conftest import call_train_step, learning_directions, load, run_inprocess, state_tensors, to_uint8, write_image_folder
+from conftest import (call_train_step, learning_directions, load, run_inprocess, state_tensors, to_uint8,
+                      write_image_folder)
 
 # Small width and batch: the tests exercise the code, not the quality of the samples.
 FAST = ["--dataset", "fake", "--width", "8", "--batch-size", "32", "--log-every", "1"]
+SN = "parametrizations.weight.original"   # a spectrally normalised layer keeps its raw weight here
 
 
 def test_one_batch_on_fake_data_trains_both_networks_and_saves_a_class_ordered_grid(tmp_path):
@@ -23,10 +25,10 @@ def test_one_batch_on_fake_data_trains_both_networks_and_saves_a_class_ordered_g
     assert checkpoint["image_shape"] == (1, 32, 32)   # the default --img-size
     common.seed_everything(0)
     fresh_g = acgan.Generator(100, 10, (1, 32, 32), 8)
-    fresh_d = acgan.Discriminator(10, (1, 32, 32), 8, 0.3)
+    fresh_d = acgan.Discriminator(10, (1, 32, 32), 8, 0.0, spectral_norm=True)   # the defaults
     for fresh, name, keys in ((fresh_g, "generator", ("project.weight", "label_embedding.weight")),
-                              (fresh_d, "discriminator", ("net.0.weight", "realness_head.weight",
-                                                          "class_head.weight"))):
+                              (fresh_d, "discriminator", (f"net.0.{SN}", f"realness_head.{SN}",
+                                                          f"class_head.{SN}"))):
         for key in keys:
             assert not torch.equal(fresh.state_dict()[key], checkpoint[name][key]), (name, key)
     rows = (out / "losses.csv").read_text().splitlines()
@@ -59,9 +61,9 @@ def test_the_full_size_setting_64px_rgb_two_classes_width_128(tmp_path):
     generator, discriminator = checkpoint["generator"], checkpoint["discriminator"]
     assert generator["project.weight"].shape == (1024 * 4 * 4, 100)
     assert generator["net.2.weight"].shape == (1024, 512, 4, 4)
-    assert discriminator["net.0.weight"].shape == (128, 3, 4, 4)
-    assert discriminator["realness_head.weight"].shape == (1, 1024 * 4 * 4)
-    assert discriminator["class_head.weight"].shape == (2, 1024 * 4 * 4)
+    assert discriminator[f"net.0.{SN}"].shape == (128, 3, 4, 4)
+    assert discriminator[f"realness_head.{SN}"].shape == (1, 1024 * 4 * 4)
+    assert discriminator[f"class_head.{SN}"].shape == (2, 1024 * 4 * 4)
     from PIL import Image
     assert Image.open(out / "step_0000001.png").size == (10 * 66 + 2, 2 * 66 + 2)   # 2 rows of 10, 64 px
     assert run_inprocess(acgan.main, ["--generate", "3", "--resume", out / "checkpoint.pt", "--label", "1"]) == 0
@@ -82,9 +84,9 @@ def test_networks_shapes_heads_and_initialisation():
     norms = [m.num_features for m in discriminator.net if isinstance(m, nn.BatchNorm2d)]
     assert norms == [64, 128, 256]
     assert not isinstance(discriminator.net[1], nn.BatchNorm2d)
-    # Dropout after each convolution's activation (--d-dropout, 0.3 by default)
+    # Dropout after each convolution's activation (--d-dropout P; 0 by default)
     assert [m.p for m in discriminator.net if isinstance(m, nn.Dropout)] == [0.3] * 4
-    assert acgan.parse_args([])[0].d_dropout == 0.3
+    assert acgan.parse_args([])[0].d_dropout == 0
     # Init: conv/linear weights N(0, 0.02), biases 0, BatchNorm weights 1
     for module in [*generator.modules(), *discriminator.modules()]:
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -102,6 +104,27 @@ def test_networks_shapes_heads_and_initialisation():
         realness, classes = discriminator(images)
     assert realness.shape == (6, 1) and classes.shape == (6, 10)
     assert (classes < 0).any()   # raw logits, not probabilities (a softmax would be all positive)
+
+
+def test_spectral_norm_replaces_d_s_batchnorm_and_bounds_each_layer():
+    """The default D: every conv and linear layer divided by its largest singular value (estimated by
+    power iteration, one step per forward pass in training), no BatchNorm; --no-spectral-norm gives
+    the paper's BatchNorm D."""
+    assert acgan.parse_args([])[0].spectral_norm and not acgan.parse_args(["--no-spectral-norm"])[0].spectral_norm
+    torch.manual_seed(0)
+    discriminator = acgan.Discriminator(10, (1, 32, 32), 8, 0.0, spectral_norm=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in discriminator.modules())
+    layers = [m for m in discriminator.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 6 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in layers)
+    for _ in range(50):   # power iteration converges on the largest singular value
+        discriminator(torch.randn(4, 1, 32, 32))
+    for layer in layers:
+        raw = layer.parametrizations.weight.original
+        assert abs(raw.std().item() - 0.02) < 0.006   # initialised N(0, 0.02) before normalising
+        largest = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2).item()
+        assert largest == pytest.approx(1.0, abs=0.05) and torch.linalg.matrix_norm(raw.flatten(1), ord=2) < 0.9
+    plain = acgan.Discriminator(10, (1, 32, 32), 8, 0.0, spectral_norm=False)
+    assert [m.num_features for m in plain.modules() if isinstance(m, nn.BatchNorm2d)] == [16, 32, 64]
 
 
 def test_class_loss_is_cross_entropy_on_logits():
@@ -281,9 +304,9 @@ def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
     """D's update raises its real-minus-fake margin; G's update raises D's realness score of G's
     images. Flipping G's target or swapping D's targets reverses one of them."""
     for seed in range(3):
-        moved = learning_directions(acgan, ["--width", "8"], seed=seed)
-        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.01, moved
-        assert moved["g_score"][1] > moved["g_score"][0] + 0.005, moved
+        moved = learning_directions(acgan, seed=seed)
+        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.02, moved
+        assert moved["g_score"][1] > moved["g_score"][0] + 0.002, moved
 
 
 def test_d_steps_teach_the_class_head_the_classes_of_real_images():
@@ -298,6 +321,6 @@ def test_d_steps_teach_the_class_head_the_classes_of_real_images():
         with torch.no_grad():
             return (nets[1](real_images)[1].argmax(1) == real_labels).float().mean().item()
     before = class_accuracy()
-    for step in range(10):
+    for step in range(20):
         call_train_step(acgan, nets, real_images, real_labels, args, step)
-    assert before < 0.2 and class_accuracy() > before + 0.15
+    assert before < 0.2 and class_accuracy() > 0.8

@@ -272,7 +272,8 @@ def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_
         checkpoint = load(out / "checkpoint.pt")
         assert checkpoint["step"] == step
         for optimiser in ("opt_g", "opt_d"):
-            assert checkpoint[optimiser]["param_groups"][0]["lr"] == pytest.approx(expected, abs=1e-12), (step, optimiser)
+            lr = checkpoint[optimiser]["param_groups"][0]["lr"]
+            assert lr == pytest.approx(expected, abs=1e-12), (step, optimiser)
     for decay, expected in (("linear", 2e-4 * 12 / 16), ("none", 2e-4)):
         assert run_inprocess(cyclegan.main, flags + ["--lr-decay", decay, "--max-steps", "4",
                                                      "--out", tmp_path / decay]) == 0
@@ -390,7 +391,8 @@ def test_generate_translates_test_images_both_ways_and_never_replaces_earlier_ou
     first = (run / "generated.npz").read_bytes()
     with np.load(run / "generated.npz") as npz:
         arrays = {name: npz[name] for name in npz.files}
-    assert sorted(arrays) == sorted(["a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b", "labels_a", "labels_b"])
+    assert sorted(arrays) == sorted(["a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b",
+                                     "labels_a", "labels_b"])
     for name in ("a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b"):
         assert arrays[name].shape == (10, 1, 28, 28) and arrays[name].dtype == np.uint8, name
     assert arrays["labels_a"].shape == arrays["labels_b"].shape == (10,)

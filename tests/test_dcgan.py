@@ -271,3 +271,23 @@ def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
         moved = learning_directions(dcgan, ["--width", "8"], seed=seed)
         assert moved["d_margin"][1] > moved["d_margin"][0] + 0.05, moved
         assert moved["g_score"][1] > moved["g_score"][0] + 0.02, moved
+
+
+def test_spectral_norm_replaces_d_s_batchnorm(tmp_path):
+    """--spectral-norm: every convolution of D divided by its largest singular value, with a bias
+    and no BatchNorm; the paper's D (BatchNorm, no bias before it) otherwise."""
+    torch.manual_seed(0)
+    normalised = dcgan.Discriminator(1, 32, 8, spectral_norm=True)
+    convs = [m for m in normalised.modules() if isinstance(m, nn.Conv2d)]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in normalised.modules())
+    assert all(nn.utils.parametrize.is_parametrized(m, "weight") and m.bias is not None for m in convs)
+    for _ in range(50):   # power iteration converges on the largest singular value
+        normalised(torch.randn(4, 1, 32, 32))
+    for conv in convs:
+        assert torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item() == pytest.approx(1, abs=0.05)
+    paper = dcgan.Discriminator(1, 32, 8)
+    assert [m.num_features for m in paper.modules() if isinstance(m, nn.BatchNorm2d)] == [16, 32]
+    out = tmp_path / "run"
+    assert run_inprocess(dcgan.main, ["--dataset", "fake", *TINY, "--spectral-norm", "--max-steps", "1",
+                                      "--out", out]) == 0
+    assert "net.0.parametrizations.weight.original" in load(out / "checkpoint.pt")["discriminator"]

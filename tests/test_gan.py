@@ -7,8 +7,8 @@ import torch
 
 import common
 import gan
-from conftest import (interrupt_training, learning_directions, load, run_inprocess, run_subprocess, state_tensors, to_uint8,
-                      write_idx_dataset)
+from conftest import (interrupt_training, learning_directions, load, run_inprocess, run_subprocess, state_tensors,
+                      to_uint8, write_idx_dataset)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
 

@@ -330,7 +330,8 @@ def test_evaluate_leaves_the_run_folder_as_it_was(tmp_path, capsys, monkeypatch)
     assert run_inprocess(gan.main, ["--data-root", root, "--max-steps", "1", "--log-every", "1", "--out", run]) == 0
     before, outside = listing(run), listing(tmp_path / "runs")
     capsys.readouterr()
-    code = run_inprocess(evaluate.main, [run, "--n", "20", "--dataset", "mnist", "--data-root", root, "--device", "cpu"])
+    code = run_inprocess(evaluate.main, [run, "--n", "20", "--dataset", "mnist", "--data-root", root,
+                                         "--device", "cpu"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "Traceback" not in printed.err
@@ -522,8 +523,9 @@ def test_losses_csv_numbers_epochs_from_1(tmp_path, capsys):
     run = train(gan, tmp_path / "run", "--max-steps", "10")   # 8 steps per epoch
     progress = [re.match(r"epoch (\d+)/50  step (\d+)/10", line)
                 for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
-    assert all(progress) and [(int(m[2]), int(m[1])) for m in progress] == [(s, 1 if s <= 8 else 2) for s in range(1, 11)]
-    assert [(int(row["step"]), int(row["epoch"])) for row in losses(run)] == [(s, 1 if s <= 8 else 2) for s in range(1, 11)]
+    expected = [(s, 1 if s <= 8 else 2) for s in range(1, 11)]
+    assert all(progress) and [(int(m[2]), int(m[1])) for m in progress] == expected
+    assert [(int(row["step"]), int(row["epoch"])) for row in losses(run)] == expected
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 
 import common
 import wgan
-from conftest import interrupt_training, learning_directions, load, losses, optimizer_steps, run_inprocess, state_tensors
+from conftest import (interrupt_training, learning_directions, load, losses, optimizer_steps, run_inprocess,
+                      state_tensors)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
 
@@ -223,8 +224,9 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 
 
 def test_a_step_moves_the_critic_and_g_in_the_direction_of_the_game():
-    """With clipping out of the way (--clip 10, far above PyTorch's initial weights), a critic update raises mean(D(real)) - mean(D(fake)); G's update (the n_critic-th step)
-    raises the critic's score of G's images. Flipping the sign of either loss reverses one of them."""
+    """With clipping out of the way (--clip 10, far above PyTorch's initial weights), a critic update
+    raises mean(D(real)) - mean(D(fake)); G's update (the n_critic-th step) raises the critic's score
+    of G's images. Flipping the sign of either loss reverses one of them."""
     for seed in range(3):
         moved = learning_directions(wgan, ["--n-critic", "5", "--clip", "10"], step=4, seed=seed)
         assert moved["d_margin"][1] > moved["d_margin"][0] + 0.05, moved

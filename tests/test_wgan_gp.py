@@ -10,7 +10,8 @@ import torch.nn as nn
 
 import common
 import wgan_gp
-from conftest import interrupt_training, learning_directions, load, losses, optimizer_steps, run_inprocess, state_tensors
+from conftest import (interrupt_training, learning_directions, load, losses, optimizer_steps, run_inprocess,
+                      state_tensors)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
 
@@ -169,7 +170,8 @@ def test_label_exchange_swaps_the_batches_in_the_critic_loss(tmp_path):
         out = tmp_path / p
         assert run_inprocess(wgan_gp.main, FAST + ["--label-exchange", p, "--max-steps", "8", "--out", out]) == 0
         # (loss, wasserstein) per step; steps whose estimate rounds to about 0 cannot tell a swap
-        rows = [(r["loss_critic"] - r["penalty"], r["wasserstein"]) for r in losses(out) if abs(r["wasserstein"]) > 2e-4]
+        rows = [(r["loss_critic"] - r["penalty"], r["wasserstein"]) for r in losses(out)
+                if abs(r["wasserstein"]) > 2e-4]
         assert len(rows) >= 6
         assert all(min(abs(loss - w), abs(loss + w)) < 5e-5 for loss, w in rows)
         swapped[p] = [abs(loss - w) < 5e-5 for loss, w in rows]
@@ -256,8 +258,8 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 
 
 def test_a_step_moves_the_critic_and_g_in_the_direction_of_the_game():
-    """A critic update raises mean(D(real)) - mean(D(fake)); G's update (the n_critic-th step)
-    raises the critic's score of G's images. Flipping the sign of either loss reverses one of them."""
+    """A critic update raises mean(D(real)) - mean(D(fake)); G's update (the n_critic-th step) raises
+    the critic's score of G's images. Flipping the sign of either loss reverses one of them."""
     for seed in range(3):
         moved = learning_directions(wgan_gp, ["--n-critic", "5"], step=4, seed=seed)
         assert moved["d_margin"][1] > moved["d_margin"][0] + 0.05, moved
