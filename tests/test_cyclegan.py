@@ -264,7 +264,7 @@ def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_
     assert cyclegan.parse_args([])[0].lr_decay == "half" and cyclegan.parse_args([])[0].lr == 2e-4
 
     out = tmp_path / "half"
-    flags = ["--dataset", "fake", *SMALL, "--batch-size", "32", "--log-every", "100"]
+    flags = ["--dataset", "fake", *SMALL, "--batch-size", "32", "--epochs", "2", "--log-every", "100"]
     assert run_inprocess(cyclegan.main, flags + ["--max-steps", "4", "--out", out]) == 0
     for step, expected in ((4, 2e-4), (8, 2e-4), (12, 1e-4), (16, 0.0)):
         if step > 4:
@@ -288,7 +288,7 @@ def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_
 def test_resume_across_an_epoch_boundary_gives_exactly_the_uninterrupted_run(tmp_path):
     """A pool of 5 (full after the first step, so its coins are drawn every step), a moving average,
     smoothed and exchanged targets: all of it must continue where the stopped run left off."""
-    flags = ["--dataset", "fake", *SMALL, "--batch-size", "32", "--log-every", "100", "--ema", "0.9",
+    flags = ["--dataset", "fake", *SMALL, "--batch-size", "32", "--epochs", "2", "--log-every", "100", "--ema", "0.9",
              "--pool-size", "5", "--label-smoothing", "0.1", "--label-exchange", "0.2"]
     assert run_inprocess(cyclegan.main, flags + ["--out", tmp_path / "whole"]) == 0
     # stop at step 5 of 8 in epoch 1, then resume to the end (16 steps)
