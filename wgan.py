@@ -7,7 +7,8 @@ Wasserstein distance between the two distributions, which G then shrinks. The es
 1-Lipschitz critic, enforced crudely by clamping every critic weight to [-c, c] after each critic
 step; the critic trains n_critic times per G step so that its estimate stays close to the distance.
 The paper's settings are the defaults: RMSprop (no momentum, which clipping makes unstable), lr 5e-5,
-c = 0.01, n_critic = 5. There is no --label-smoothing: a critic has no targets to smooth.
+c = 0.01, n_critic = 5 (--critic-boost 100 adds the authors' code's 100 critic steps before each of
+the first 25 G steps and every 500th). There is no --label-smoothing: a critic has no targets.
 
 Where this file departs from the paper (a flag gives the paper's setting back):
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
