@@ -11,11 +11,11 @@ betas 0.5, 0.999), batch 128. Each block doubles (G) or halves (D) the side, so 
 Where this file departs from the paper (a flag gives the paper's setting back):
 - G minimises -log D(G(z)), the non-saturating loss, as the paper's code does.
 - --width 32, half the paper's 64: a quarter of the computation, so 25 MNIST epochs fit a CPU.
+- --spectral-norm in D instead of BatchNorm: with BatchNorm, D overpowers G after about 15 epochs.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
 - --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
 
     python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
-    python dcgan.py --dataset cifar10 --device cuda
     python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces
     python evaluate.py runs/dcgan --curve     # FD for each snapshot
 """
@@ -37,8 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=common.positive_int, default=32,
                         help="base channel count W: G's last hidden block and D's first have W channels, "
                              "each block nearer 4x4 doubles it (64 is the paper's, 4x the computation)")
-    parser.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=False,
-                        help="spectral normalisation of D's layers instead of BatchNorm (Miyato et al. 2018)")
+    parser.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=True,
+                        help="spectral normalisation of D's layers instead of BatchNorm (Miyato et al. 2018); "
+                             "--no-spectral-norm: the paper's BatchNorm D")
     args, checkpoint = common.parse_args(parser, argv)
     if args.img_size not in IMG_SIZES:
         raise common.UserError(f"--img-size {args.img_size}: DCGAN needs a power of two from 16 to 128 "

@@ -47,9 +47,10 @@ def test_one_batch_trains_both_networks(tmp_path, mnist_root, size, colour):
     # The one step moved both networks away from the seeded initial weights.
     common.seed_everything(0)
     fresh_g = dcgan.Generator(100, channels, size, 8)
-    fresh_d = dcgan.Discriminator(channels, size, 8)
+    fresh_d = dcgan.Discriminator(channels, size, 8, spectral_norm=True)   # the default D
     assert not torch.equal(fresh_g.state_dict()["net.0.weight"], checkpoint["generator"]["net.0.weight"])
-    assert not torch.equal(fresh_d.state_dict()["net.0.weight"], checkpoint["discriminator"]["net.0.weight"])
+    raw_weight = "net.0.parametrizations.weight.original"   # a spectrally normalised layer's own weight
+    assert not torch.equal(fresh_d.state_dict()[raw_weight], checkpoint["discriminator"][raw_weight])
     # The generator's last layer makes images of the data's colour depth.
     last = [k for k in checkpoint["generator"] if k.endswith("weight")][-1]
     assert checkpoint["generator"][last].shape[1] == channels
@@ -268,13 +269,16 @@ def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
     """D's update raises its real-minus-fake margin; G's update raises D's score of G's images.
     Flipping G's target or swapping D's targets reverses one of them."""
     for seed in range(3):
-        moved = learning_directions(dcgan, ["--width", "8"], seed=seed)
-        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.05, moved
-        assert moved["g_score"][1] > moved["g_score"][0] + 0.02, moved
+        moved = learning_directions(dcgan, ["--width", "8"], seed=seed)   # spectral norm: small steps
+        assert moved["d_margin"][1] > moved["d_margin"][0] + 0.02, moved
+        assert moved["g_score"][1] > moved["g_score"][0] + 0.002, moved
+        paper = learning_directions(dcgan, ["--width", "8", "--no-spectral-norm"], seed=seed)
+        assert paper["d_margin"][1] > paper["d_margin"][0] + 0.05, paper
+        assert paper["g_score"][1] > paper["g_score"][0] + 0.02, paper
 
 
 def test_spectral_norm_replaces_d_s_batchnorm(tmp_path):
-    """--spectral-norm: every convolution of D divided by its largest singular value, with a bias
+    """--spectral-norm (the default): every convolution of D divided by its largest singular value, with a bias
     and no BatchNorm; the paper's D (BatchNorm, no bias before it) otherwise."""
     torch.manual_seed(0)
     normalised = dcgan.Discriminator(1, 32, 8, spectral_norm=True)
@@ -288,6 +292,10 @@ def test_spectral_norm_replaces_d_s_batchnorm(tmp_path):
     paper = dcgan.Discriminator(1, 32, 8)
     assert [m.num_features for m in paper.modules() if isinstance(m, nn.BatchNorm2d)] == [16, 32]
     out = tmp_path / "run"
-    assert run_inprocess(dcgan.main, ["--dataset", "fake", *TINY, "--spectral-norm", "--max-steps", "1",
+    assert run_inprocess(dcgan.main, ["--dataset", "fake", *TINY, "--max-steps", "1",
                                       "--out", out]) == 0
     assert "net.0.parametrizations.weight.original" in load(out / "checkpoint.pt")["discriminator"]
+    paper_run = tmp_path / "paper"
+    assert run_inprocess(dcgan.main, ["--dataset", "fake", *TINY, "--no-spectral-norm", "--max-steps", "1",
+                                      "--out", paper_run]) == 0
+    assert not any("parametrizations" in key for key in load(paper_run / "checkpoint.pt")["discriminator"])
