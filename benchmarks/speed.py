@@ -2,11 +2,11 @@
 
 For every script at its defaults (batch size, image size, widths, n_critic ...) on one device:
 - script: `python <script>.py --max-steps W+K --log-every C` in a subprocess on the real data;
-  the images/s of its progress lines after the W warm-up steps (the clock of common.LossLog,
-  which leaves out start-up, data decoding and checkpoint writing);
+  the images/s of its progress lines after the W warm-up steps (the clock of common.Run's log,
+  which leaves out start-up, data decoding, grids and checkpoint writing);
 - model limit: the script's own train_step (imported from it, with the networks and optimisers of
   its build()), run on one batch already on the device: no data, no logging, no moving average, no
-  bookkeeping. The gap between this and the script is what the loop adds;
+  learning-rate schedule, no bookkeeping. The gap between this and the script is what the loop adds;
 - conventional: that same step fed the way most GAN repositories feed it (PyTorch-GAN,
   pytorch/examples): torchvision's MNIST dataset and a DataLoader, each image decoded to PIL and
   put through Resize, ToTensor and Normalize one by one, every step.

@@ -131,7 +131,7 @@ def test_class_loss_is_cross_entropy_on_logits():
     labels = torch.tensor([0, 3, 9, 3])
     perfect = 30.0 * nn.functional.one_hot(labels, 10).float()   # very confident and right
     assert acgan.class_loss(perfect, labels).item() < 1e-6
-    # The document's Softmax-then-CrossEntropyLoss could not get below log(1 + 9/e) for this batch.
+    # A Softmax before CrossEntropyLoss (softmax applied twice) could not get below log(1 + 9/e) for this batch.
     assert acgan.class_loss(perfect.softmax(1), labels).item() > 1.4
     wrong = 30.0 * nn.functional.one_hot((labels + 1) % 10, 10).float()
     assert acgan.class_loss(wrong, labels).item() > 20

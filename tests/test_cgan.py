@@ -1,4 +1,4 @@
-"""cgan.py: one-batch runs on fake and MNIST-format data, the document's networks, fakes judged
+"""cgan.py: one-batch runs on fake and MNIST-format data, the networks' layers, fakes judged
 with their own labels, class-ordered grids, --generate with labels and --label, resume
 exactness, bad input, and NaN handling."""
 import numpy as np
@@ -42,7 +42,7 @@ def test_one_batch_on_mnist_format_files(tmp_path, mnist_root):
     assert checkpoint["class_names"][0].startswith("0")   # torchvision's "0 - zero"
 
 
-def test_networks_follow_the_document():
+def test_networks_have_the_intended_layers():
     generator, discriminator = cgan.Generator(100, 10, (1, 28, 28)), cgan.Discriminator(10, (1, 28, 28))
     # G: Linear, LeakyReLU(0.2), then BatchNorm with PyTorch momentum 0.2 (Keras' 0.8), default eps.
     kinds = [type(m) for m in generator.net]
