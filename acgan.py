@@ -7,13 +7,13 @@ make its images look real *and* be classified as the class it was asked for, a d
 the class. DCGAN-style networks: G multiplies z by a class embedding, then a Linear layer and four
 ConvTranspose2d(4, 2, 1); D is four Conv2d(4, 2, 1) and the two linear heads; init N(0, 0.02).
 
-Where this file departs from the paper or common implementations (a flag gives theirs back):
+Where this file departs from the paper or common implementations (a flag, where one exists, gives theirs):
 - The class head gives logits to cross_entropy; a Softmax before cross_entropy would apply it twice.
 - D's class head learns from real images only (--fake-class-loss: also from G's, as the paper does),
   so D does not learn G's early mistakes as classes that G is then rewarded for.
 - --spectral-norm (not BatchNorm) in D and --label-smoothing 0.1 keep D from overpowering G.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
+- --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
 
     python acgan.py --epochs 50               # MNIST at 32x32; one grid row per class, runs/acgan
     python acgan.py --generate 100 --label 7  # sevens from the newest run
@@ -97,7 +97,7 @@ class Discriminator(nn.Module):
     """image (B, C, H, W) -> (realness logit (B, 1), class logits (B, n_classes)): both heads give
     logits, and the losses apply the sigmoid and the softmax themselves."""
 
-    def __init__(self, n_classes, image_shape, width, dropout, spectral_norm=False):
+    def __init__(self, n_classes, image_shape, width, dropout=0.0, spectral_norm=True):
         super().__init__()
         channels, height, breadth = image_shape
 
@@ -117,7 +117,7 @@ class Discriminator(nn.Module):
         self.realness_head = nn.Linear(n_features, 1)          # (B, 1)
         self.class_head = nn.Linear(n_features, n_classes)     # (B, n_classes)
         self.apply(init_weights)
-        if spectral_norm:   # each weight divided by its largest singular value: D is 1-Lipschitz per layer
+        if spectral_norm:   # each weight divided by an estimate of its largest singular value
             for layer in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
                 nn.utils.parametrizations.spectral_norm(layer)
 

@@ -6,7 +6,7 @@ match its label is rejected, and after training we choose the class of every sam
 are Keras-GAN's cgan: G multiplies z by a learned embedding of y and runs an MLP 256 -> 512 -> 1024;
 D multiplies the flattened image by another embedding of y and runs an MLP 512 x 3 with Dropout.
 
-Where this file departs from the paper (a flag gives the paper's setting back):
+Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - The class multiplies the input (a learned per-unit gain) instead of being concatenated to it.
 - G minimises -log D(G(z, y), y), the non-saturating loss, not log(1 - D(G(z, y), y)).
 - --ema 0.999 and --lr-decay linear, as in gan.py; --label-smoothing and --label-exchange are off.

@@ -423,15 +423,16 @@ class Run:
         return self.step >= self.last_step or self.stop_signal is not None
 
     def end_epoch(self, epoch):
-        """Log, grid, snapshot (epoch 1, every K-th and the last) and checkpoint; after a stop signal,
-        the command that continues the run, and exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
+        """Log, grid, snapshot (epoch 1, every K-th and the one the run ends on) and checkpoint; after a
+        stop signal, the command that continues the run, and exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
         self.write_log(epoch)   # stops the run on NaN, before the checkpoint
         complete = self.step % self.steps_per_epoch == 0
         self.save_grid(f"epoch_{epoch + 1:03d}.png" if complete else f"step_{self.step:07d}.png")
         if complete:
             grids = [Image.open(p) for p in sorted(self.dir.glob("epoch_*.png"))]
             grids[0].save(self.dir / "progress.gif", save_all=True, append_images=grids[1:], duration=400, loop=0)
-            if epoch == 0 or (epoch + 1) % self.args.snapshot_every == 0 or epoch + 1 == self.args.epochs:
+            ends_run = self.step >= self.last_step or self.stop_signal is not None
+            if epoch == 0 or (epoch + 1) % self.args.snapshot_every == 0 or ends_run:
                 save_atomically({**self.meta, "epoch": epoch + 1, "sampler": self.sampler.state_dict()},
                                 self.dir / f"generator_epoch_{epoch + 1:03d}.pt")
         self.save_checkpoint()

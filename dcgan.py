@@ -8,12 +8,11 @@ D's input; ReLU in G with a Tanh output, LeakyReLU(0.2) in D; weights from N(0, 
 betas 0.5, 0.999), batch 128. Each block doubles (G) or halves (D) the side, so --img-size (16 to
 128; 64 is the paper's) sets the number of blocks, and --width the channels.
 
-Where this file departs from the paper (a flag gives the paper's setting back):
-- G minimises -log D(G(z)), the non-saturating loss, as the paper's code does.
+Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --width 32, half the paper's 64: a quarter of the computation, so 25 MNIST epochs fit a CPU.
 - --spectral-norm in D instead of BatchNorm: with BatchNorm, D overpowers G after about 15 epochs.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
+- --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
 
     python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
     python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces
@@ -116,7 +115,7 @@ class Discriminator(nn.Module):
         Conv2d(8W, 1, 4, 1, 0)      (B, 1, 1, 1)      the logit, from a convolution over the 4x4 map
     """
 
-    def __init__(self, channels, img_size, width, spectral_norm=False):
+    def __init__(self, channels, img_size, width, spectral_norm=True):
         super().__init__()
         n_doublings(img_size)   # refuses a size the blocks cannot reach 4x4 from
         layers = [nn.Conv2d(channels, width, 4, 2, 1),   # (B, W, img_size/2, img_size/2)
@@ -130,7 +129,7 @@ class Discriminator(nn.Module):
         layers += [nn.Conv2d(features, 1, 4, 1, 0)]     # (B, 1, 1, 1)
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
-        if spectral_norm:   # each weight divided by its largest singular value, in place of BatchNorm
+        if spectral_norm:   # each weight divided by an estimate of its largest singular value, in place of BatchNorm
             for layer in [m for m in self.modules() if isinstance(m, nn.Conv2d)]:
                 nn.utils.parametrizations.spectral_norm(layer)
 

@@ -4,10 +4,10 @@ Two networks play a game. The generator G turns noise z into an image; the discr
 logit saying how real an image looks. D learns to tell real images (target 1) from G's (target 0),
 and G learns to make D call its images real. Both are MLPs on flattened images.
 
-Where this file departs from the paper (a flag gives the paper's setting back):
+Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - G minimises -log D(G(z)), the non-saturating loss the paper suggests, not log(1 - D(G(z))).
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run, so the last epoch is the best.
+- --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
 - --label-smoothing S and --label-exchange P: two training tricks, off by default.
 
     python gan.py --epochs 50                 # MNIST: grids, snapshots and checkpoint.pt in runs/gan

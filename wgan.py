@@ -10,7 +10,7 @@ The paper's settings are the defaults: RMSprop (no momentum, which clipping make
 c = 0.01, n_critic = 5 (--critic-boost 100 adds the authors' code's 100 critic steps before each of
 the first 25 G steps and every 500th). There is no --label-smoothing: a critic has no targets.
 
-Where this file departs from the paper (a flag gives the paper's setting back):
+Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
 - --lr-decay: none by default (the paper's constant rate); --label-exchange P swaps the two batches.
 
@@ -18,7 +18,6 @@ Where this file departs from the paper (a flag gives the paper's setting back):
     python wgan.py --generate 10000           # samples from the newest run
     python evaluate.py runs/wgan --curve      # FD for each snapshot
 """
-import itertools
 import random
 
 import torch
@@ -115,6 +114,17 @@ def critic_updates_before(g_step, args):
     return args.n_critic
 
 
+def g_update_steps(total_steps, args):
+    """The critic updates (counted from 1) after which G trains, up to total_steps: with n_critic 5
+    and no boost, {5, 10, 15, ...}."""
+    turns, step, g_step = set(), 0, 0
+    while step + critic_updates_before(g_step, args) <= total_steps:
+        step += critic_updates_before(g_step, args)
+        turns.add(step)
+        g_step += 1
+    return turns
+
+
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
@@ -179,10 +189,7 @@ def main(argv=None):
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
     ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    # The critic updates after which G trains: n_critic apart (--critic-boost apart at first and every 500th)
-    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
-    g_turns = set(itertools.takewhile(lambda step: step <= total_steps, itertools.accumulate(
-        critic_updates_before(g_step, args) for g_step in itertools.count())))
+    g_turns = g_update_steps(data.steps_per_epoch(args.batch_size) * args.epochs, args)
     decay = common.lr_factor(args.lr_decay, total_steps=len(g_turns))
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid

@@ -8,7 +8,7 @@ so lambda * mean((||grad D(x_hat)||_2 - 1)^2) is taken at random points x_hat on
 clipping, Adam works again (the authors' betas 0.5, 0.9; lambda 10; n_critic 5). No BatchNorm in the
 critic: the penalty is per image. There is no --label-smoothing: a critic has no targets to smooth.
 
-Where this file departs from the paper (a flag gives the paper's setting back):
+Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --lr 2e-4, twice the authors' 1e-4, which was tuned for convolutional networks and 200k G steps.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
 - --lr-decay linear: both learning rates fall to 0 over the run; --label-exchange P swaps the batches.

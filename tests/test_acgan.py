@@ -74,7 +74,7 @@ def test_the_full_size_setting_64px_rgb_two_classes_width_128(tmp_path):
 def test_networks_shapes_heads_and_initialisation():
     torch.manual_seed(0)
     generator = acgan.Generator(100, 10, (1, 32, 32), 32)
-    discriminator = acgan.Discriminator(10, (1, 32, 32), 32, 0.3)
+    discriminator = acgan.Discriminator(10, (1, 32, 32), 32, 0.3, spectral_norm=False)   # the paper's D
     convs = [m for m in generator.net if isinstance(m, nn.ConvTranspose2d)]
     assert [(m.in_channels, m.out_channels) for m in convs] == [(256, 128), (128, 64), (64, 32), (32, 1)]
     assert all(m.kernel_size == (4, 4) and m.stride == (2, 2) and m.padding == (1, 1) for m in convs)

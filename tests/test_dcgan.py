@@ -77,7 +77,7 @@ def test_a_folder_with_images_directly_in_it_trains(tmp_path):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_allowed_size_gives_that_size_and_one_logit(size, channels):
     generator = dcgan.Generator(16, channels, size, 4)
-    discriminator = dcgan.Discriminator(channels, size, 4)
+    discriminator = dcgan.Discriminator(channels, size, 4, spectral_norm=False)
     with torch.no_grad():
         images = generator(torch.randn(2, 16))
         assert images.shape == (2, channels, size, size)
@@ -92,7 +92,8 @@ def test_every_allowed_size_gives_that_size_and_one_logit(size, channels):
 
 def test_the_64_px_networks_have_the_papers_channel_counts():
     """The classic setting: latent -> 8W at 4x4 -> 4W -> 2W -> W -> C, and D the mirror image."""
-    generator, discriminator = dcgan.Generator(100, 3, 64, 64), dcgan.Discriminator(3, 64, 64)
+    generator = dcgan.Generator(100, 3, 64, 64)
+    discriminator = dcgan.Discriminator(3, 64, 64, spectral_norm=False)
     g_convs = [(m.in_channels, m.out_channels) for m in generator.modules() if isinstance(m, nn.ConvTranspose2d)]
     d_convs = [(m.in_channels, m.out_channels) for m in discriminator.modules() if isinstance(m, nn.Conv2d)]
     assert g_convs == [(100, 512), (512, 256), (256, 128), (128, 64), (64, 3)]
@@ -118,7 +119,7 @@ def test_a_size_that_is_not_16_to_128_by_doubling_is_refused(tmp_path, capsys, s
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", dcgan.IMG_SIZES)
 def test_the_networks_follow_the_dcgan_guidelines(size):
-    generator, discriminator = dcgan.Generator(100, 3, size, 8), dcgan.Discriminator(3, size, 8)
+    generator, discriminator = dcgan.Generator(100, 3, size, 8), dcgan.Discriminator(3, size, 8, spectral_norm=False)
     for network in (generator, discriminator):
         kinds = [type(m) for m in network.modules()]
         # No pooling, no upsampling layers, no fully connected layers: convolutions only.
@@ -164,7 +165,7 @@ def test_the_networks_follow_the_dcgan_guidelines(size):
 
 def test_weights_are_initialised_as_in_the_paper():
     torch.manual_seed(0)
-    for network in (dcgan.Generator(100, 3, 64, 64), dcgan.Discriminator(3, 64, 64)):
+    for network in (dcgan.Generator(100, 3, 64, 64), dcgan.Discriminator(3, 64, 64, spectral_norm=False)):
         convs = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         weights = torch.cat([m.weight.flatten() for m in convs])
         assert abs(weights.mean().item()) < 1e-3 and abs(weights.std().item() - 0.02) < 1e-3
@@ -289,7 +290,7 @@ def test_spectral_norm_replaces_d_s_batchnorm(tmp_path):
         normalised(torch.randn(4, 1, 32, 32))
     for conv in convs:
         assert torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item() == pytest.approx(1, abs=0.05)
-    paper = dcgan.Discriminator(1, 32, 8)
+    paper = dcgan.Discriminator(1, 32, 8, spectral_norm=False)
     assert [m.num_features for m in paper.modules() if isinstance(m, nn.BatchNorm2d)] == [16, 32]
     out = tmp_path / "run"
     assert run_inprocess(dcgan.main, ["--dataset", "fake", *TINY, "--max-steps", "1",

@@ -161,6 +161,17 @@ def test_snapshots_keep_epoch_1_every_kth_and_the_last_and_each_generates(tmp_pa
     assert run_inprocess(gan.main, ["--resume", out / snapshots[0]]) == 2   # a snapshot cannot be trained on
 
 
+def test_a_run_stopped_at_an_epoch_end_keeps_a_snapshot_of_that_epoch(tmp_path):
+    out = tmp_path / "run"   # the fake data gives 4 steps an epoch: --max-steps 12 ends epoch 3
+    flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "5", "--snapshot-every", "2"]
+    assert run_inprocess(gan.main, flags + ["--max-steps", "12", "--out", out]) == 0
+    assert sorted(p.name for p in out.glob("generator_epoch_*.pt")) == [f"generator_epoch_00{e}.pt" for e in (1, 2, 3)]
+    assert load(out / "generator_epoch_003.pt")["epoch"] == 3
+    assert run_inprocess(gan.main, ["--resume", out]) == 0
+    snapshots = sorted(p.name for p in out.glob("generator_epoch_*.pt"))
+    assert snapshots == [f"generator_epoch_00{e}.pt" for e in range(1, 6)]
+
+
 def test_linear_decay_takes_both_learning_rates_to_zero_and_none_keeps_them(tmp_path):
     flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "2"]
     assert run_inprocess(gan.main, flags + ["--out", tmp_path / "linear", "--max-steps", "4"]) == 0

@@ -71,6 +71,10 @@ def test_critic_boost_gives_the_authors_schedule_and_resumes_in_step(tmp_path):
         [100, 100, 100, 5, 5, 5, 100, 5, 100]
     plain = wgan.parse_args([])[0]
     assert plain.critic_boost == 0 and {wgan.critic_updates_before(g, plain) for g in range(1001)} == {5}
+    assert wgan.g_update_steps(23, plain) == {5, 10, 15, 20}
+    turns = sorted(wgan.g_update_steps(5_000, boosted))
+    assert turns[:3] == [100, 200, 300] and turns[24:27] == [2500, 2505, 2510]   # 25 boosted, then every 5
+    assert turns[499:502] == [4875, 4975, 4980]   # G update number 500 (from 0) waits for 100 critic steps again
     flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "3", "--n-critic", "2", "--critic-boost", "5"]
     expected = "DDDDDG" "DDDDDG" "DD"   # 12 critic steps: G after steps 5 and 10 (both among the first 25)
     with optimizer_steps() as calls:
