@@ -6,7 +6,7 @@ and G learns to make D call its images real. Both are MLPs on flattened images.
 
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - G minimises -log D(G(z)), the non-saturating loss the paper suggests, not log(1 - D(G(z))).
-- --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
+- --ema 0.9999: grids and samples come from a moving average of G's weights, steadier than G itself.
 - --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
 - --label-smoothing S and --label-exchange P: two training tricks, off by default.
 
@@ -26,7 +26,7 @@ import common
 
 def parse_args(argv=None):
     parser = common.build_parser("gan", "Vanilla GAN (MLP generator and discriminator).",
-                                 img_size=28, batch_size=64, epochs=50, lr=2e-4)
+                                 img_size=28, batch_size=64, epochs=50, lr=2e-4, ema=0.9999)
     return common.parse_args(parser, argv)
 
 

@@ -31,8 +31,8 @@ def test_one_batch_trains_the_critic_and_n_critic_batches_train_the_generator_to
     assert all(np.isfinite(float(v)) for v in rows[1].split(",")[2:])
     assert (out / "step_0000001.png").is_file()
 
-    out = tmp_path / "five"   # the default --n-critic is 5: the 5th step also trains G
-    assert run_inprocess(wgan.main, FAST + ["--max-steps", "5", "--out", out]) == 0
+    out = tmp_path / "two"   # the default --n-critic is 2: the 2nd step also trains G
+    assert run_inprocess(wgan.main, FAST + ["--max-steps", "2", "--out", out]) == 0
     trained = load(out / "checkpoint.pt")["generator"]
     assert not torch.equal(fresh_g.state_dict()["net.0.weight"], trained["net.0.weight"])
 
@@ -66,10 +66,10 @@ def test_critic_boost_gives_the_authors_schedule_and_resumes_in_step(tmp_path):
     """--critic-boost K: K critic steps before each of the first 25 G steps and every 500th, n_critic
     otherwise; off (0), n_critic always. The rhythm is a function of the run's step, so a resume
     mid-boost continues it."""
-    boosted = wgan.parse_args(["--critic-boost", "100"])[0]
+    boosted = wgan.parse_args(["--critic-boost", "100", "--n-critic", "5"])[0]
     assert [wgan.critic_updates_before(g, boosted) for g in (0, 1, 24, 25, 26, 499, 500, 501, 1000)] == \
         [100, 100, 100, 5, 5, 5, 100, 5, 100]
-    plain = wgan.parse_args([])[0]
+    plain = wgan.parse_args(["--n-critic", "5"])[0]
     assert plain.critic_boost == 0 and {wgan.critic_updates_before(g, plain) for g in range(1001)} == {5}
     assert wgan.g_update_steps(23, plain) == {5, 10, 15, 20}
     turns = sorted(wgan.g_update_steps(5_000, boosted))
@@ -202,7 +202,7 @@ def test_resume_refuses_to_change_the_critic_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_inprocess(wgan.main, FAST + ["--max-steps", "1", "--out", out]) == 0
     capsys.readouterr()
-    for flag, value in (("--n-critic", "2"), ("--clip", "0.05")):
+    for flag, value in (("--n-critic", "3"), ("--clip", "0.05")):
         assert run_inprocess(wgan.main, ["--resume", out / "checkpoint.pt", flag, value]) == 2
         assert f"{flag} cannot change" in capsys.readouterr().err
 
