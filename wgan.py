@@ -116,8 +116,8 @@ def critic_updates_before(g_step, args):
 
 
 def g_update_steps(total_steps, args):
-    """The critic updates (counted from 1) after which G trains, up to total_steps: with n_critic 5
-    and no boost, {5, 10, 15, ...}."""
+    """The critic updates (counted from 1) after which G trains, up to total_steps: with n_critic 2
+    and no boost, {2, 4, 6, ...}."""
     turns, step, g_step = set(), 0, 0
     while step + critic_updates_before(g_step, args) <= total_steps:
         step += critic_updates_before(g_step, args)
