@@ -13,9 +13,9 @@ Where this file departs from the paper or common implementations (a flag, where 
   so D does not learn G's early mistakes as classes that G is then rewarded for.
 - --spectral-norm (not BatchNorm) in D and --label-smoothing 0.1 keep D from overpowering G.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
+- --lr-decay linear: the rates fall to 0 over the run (at E < 50 epochs, over its last E/50).
 
-    python acgan.py --epochs 50               # MNIST at 32x32; one grid row per class, runs/acgan
+    python acgan.py --epochs 50 --compile     # MNIST at 32x32; one grid row per class, runs/acgan
     python acgan.py --generate 100 --label 7  # sevens from the newest run
     python acgan.py --dataset folder --data-root my_classes --img-size 64 --width 128 --device cuda
 """
@@ -25,9 +25,9 @@ import random
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 import common
+import imagedata
 
 
 def parse_args(argv=None):
@@ -100,6 +100,7 @@ class Discriminator(nn.Module):
     def __init__(self, n_classes, image_shape, width, dropout=0.0, spectral_norm=True):
         super().__init__()
         channels, height, breadth = image_shape
+        self.batch_norm = not spectral_norm   # BatchNorm in D: real and fake need a pass each
 
         def down(n_in, n_out, batch_norm=True):   # halves H and W
             batch_norm = batch_norm and not spectral_norm
@@ -120,6 +121,14 @@ class Discriminator(nn.Module):
         if spectral_norm:   # each weight divided by an estimate of its largest singular value
             for layer in [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
                 nn.utils.parametrizations.spectral_norm(layer)
+
+    def power_iteration(self, on):
+        """Spectral norm refines its estimate of each weight's largest singular value on every forward
+        pass in train mode; G's update turns that off, so that it runs once per D update."""
+        for module in self.modules():
+            if isinstance(module, nn.utils.parametrize.ParametrizationList):
+                module.train(on)
+        return self
 
     def forward(self, images):
         features = self.net(images)
@@ -152,30 +161,37 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, args):
+def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, *, latent_dim=100,
+               label_smoothing=0.1, label_exchange=0.0, fake_class_loss=False):
     """One D update, then one G update, on a batch of real images and their labels. Returns the
     values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
-    # Train D: real/fake on both kinds of image; the class of real images (with --fake-class-loss,
-    # also the class G was asked for)
-    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
-    z = torch.randn(batch_size, args.latent_dim, device=device)
+    # Train D: real/fake on both kinds of image; the class of real images (with fake_class_loss, also
+    # the class G was asked for)
+    real_targets, fake_targets = discriminator_targets(batch_size, label_smoothing, label_exchange, device)
+    z = torch.randn(batch_size, latent_dim, device=device)
     fake_labels = torch.randint(0, generator.label_embedding.num_embeddings, (batch_size,), device=device)
-    fake_images = generator(z, fake_labels)                                 # (B, C, H, W)
-    real_logits, real_class_logits = discriminator(real_images)             # (B, 1), (B, K)
-    fake_logits, fake_class_logits = discriminator(fake_images.detach())    # detach: this update trains D only
+    fake_images = generator(z, fake_labels)                                     # (B, C, H, W)
+    fakes = fake_images.detach()                                                # detach: this update trains D only
+    if discriminator.batch_norm:   # a pass for each batch, so that BatchNorm does not mix their statistics
+        (real_logits, real_class_logits), (fake_logits, fake_class_logits) = map(discriminator, (real_images, fakes))
+    else:                          # one pass over both: half the work for the device to launch
+        logits, class_logits = discriminator(torch.cat([real_images, fakes]))  # (2B, 1), (2B, K)
+        (real_logits, fake_logits), (real_class_logits, fake_class_logits) = logits.chunk(2), class_logits.chunk(2)
     loss_d = (bce(real_logits, real_targets) + class_loss(real_class_logits, real_labels)
               + bce(fake_logits, fake_targets))
-    if args.fake_class_loss:
+    if fake_class_loss:
         loss_d = loss_d + class_loss(fake_class_logits, fake_labels)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
 
     # Train G: make D call G's images real (target 1) and of the class G was asked for
+    discriminator.requires_grad_(False).power_iteration(False)   # G needs the gradient at D's input only
     g_logits, g_class_logits = discriminator(fake_images)
-    loss_g = bce(g_logits, torch.ones(batch_size, 1, device=device)) + class_loss(g_class_logits, fake_labels)
+    discriminator.requires_grad_(True).power_iteration(True)
+    loss_g = bce(g_logits, torch.ones_like(g_logits)) + class_loss(g_class_logits, fake_labels)
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -218,22 +234,25 @@ def main(argv=None):
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
-    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    ema = common.EMA(generator, args.ema)
+    common.compile_networks(args, device, generator, discriminator)   # --compile
+    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same inputs for every grid: row k shows class k, each column one z drawn as every class
     fixed_noise = torch.randn(10, args.latent_dim, device=device).repeat(data.n_classes, 1)   # (K*10, latent)
     fixed_labels = torch.arange(data.n_classes, device=device).repeat_interleave(10)            # (K*10,)
     state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
              "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    settings = {"latent_dim": args.latent_dim, "label_smoothing": args.label_smoothing,
+                "label_exchange": args.label_exchange, "fake_class_loss": args.fake_class_loss}   # by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise, fixed_labels), nrow=10) as run:
         for epoch in run.epochs():
             for real_images, real_labels in run.batches(epoch):
-                logged = train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, args)
+                logged = train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, **settings)
                 ema.update_parameters(generator)
                 for schedule in schedules:
                     schedule.step()

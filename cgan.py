@@ -19,9 +19,9 @@ import random
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel
 
 import common
+import imagedata
 
 
 def parse_args(argv=None):
@@ -100,25 +100,29 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, args):
+def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, *, latent_dim=100,
+               label_smoothing=0.0, label_exchange=0.0):
     """One D update, then one G update, on a batch of real images and their labels. Returns the
     values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train D: (real image, its label) -> real_targets, (G's image, the label G was given) -> fake_targets
-    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
-    z = torch.randn(batch_size, args.latent_dim, device=device)
+    real_targets, fake_targets = discriminator_targets(batch_size, label_smoothing, label_exchange, device)
+    z = torch.randn(batch_size, latent_dim, device=device)
     fake_labels = torch.randint(0, generator.label_embedding.num_embeddings, (batch_size,), device=device)
-    fake_images = generator(z, fake_labels)                          # (B, C, H, W)
-    real_logits = discriminator(real_images, real_labels)            # (B, 1)
-    fake_logits = discriminator(fake_images.detach(), fake_labels)   # detach: this update trains D only
+    fake_images = generator(z, fake_labels)                                        # (B, C, H, W)
+    both = torch.cat([real_images, fake_images.detach()])   # detach: this update trains D only
+    logits = discriminator(both, torch.cat([real_labels, fake_labels]))           # (2B, 1): one pass, no BatchNorm
+    real_logits, fake_logits = logits.chunk(2)                                     # (B, 1) each
     loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
 
     # Train G: make D call G's images real images of their labels (target 1)
-    loss_g = bce(discriminator(fake_images, fake_labels), torch.ones(batch_size, 1, device=device))
+    discriminator.requires_grad_(False)   # G needs the gradient at D's input, not D's weight gradients
+    loss_g = bce(discriminator(fake_images, fake_labels), torch.ones_like(real_logits))
+    discriminator.requires_grad_(True)
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -158,22 +162,25 @@ def main(argv=None):
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
-    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    ema = common.EMA(generator, args.ema)
+    common.compile_networks(args, device, generator, discriminator)   # --compile
+    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same inputs for every grid: row k shows class k, each column one z drawn as every class
     fixed_noise = torch.randn(10, args.latent_dim, device=device).repeat(data.n_classes, 1)   # (K*10, latent)
     fixed_labels = torch.arange(data.n_classes, device=device).repeat_interleave(10)            # (K*10,)
     state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
              "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    settings = {"latent_dim": args.latent_dim, "label_smoothing": args.label_smoothing,
+                "label_exchange": args.label_exchange}   # train_step's flags, by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise, fixed_labels), nrow=10) as run:
         for epoch in run.epochs():
             for real_images, real_labels in run.batches(epoch):
-                logged = train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, args)
+                logged = train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, **settings)
                 ema.update_parameters(generator)
                 for schedule in schedules:
                     schedule.step()

@@ -1,6 +1,8 @@
-"""Plumbing shared by the GAN scripts: flags, data, checkpoints, --generate, and class Run (the run's
-folder and bookkeeping around the training step). No model and no training step lives here."""
+"""Plumbing shared by the GAN scripts: flags, checkpoints, --generate, and class Run (the run's folder
+and bookkeeping around the training step); data loading is in imagedata.py. No model and no training
+step lives here."""
 import argparse
+import copy
 import math
 import os
 import random
@@ -13,24 +15,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision
 from PIL import Image
-from torchvision.datasets.utils import check_integrity
-from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 from torchvision.utils import save_image
 
 
-class UserError(Exception):
-    """A mistake in the command line or in the files it names: one line on stderr, exit code 2."""
+class UserError(ValueError):
+    """A mistake in the command line or in the files it names: one line on stderr, exit code 2 (in a script;
+    imported, an ordinary ValueError)."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file the command names does not exist (imported: a FileNotFoundError)."""
+
+
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory")   # CUDA's words, and the CPU allocator's
 
 
 def run_main(main, argv=None):
     try:
         main(argv)
-    except UserError as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+    except (UserError, RuntimeError) as error:   # a RuntimeError only when it is an allocation refused
+        if not isinstance(error, UserError) and not OUT_OF_MEMORY.search(str(error)):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {error if isinstance(error, UserError) else too_large(error)}",
+              file=sys.stderr)
         sys.exit(2)
+
+
+def too_large(error, kept=""):
+    """An allocation the machine refused (the sizes asked for), as one line naming the flags that set them."""
+    asked = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", str(error))
+    what = ("CUDA out of memory" if "CUDA" in str(error) else "the allocator refused") + (
+        f", {asked[1]} asked for at once" if asked else "")
+    return UserError(f"not enough memory ({what}): make the networks or the batch smaller with --batch-size, "
+                     f"--img-size, --latent-dim, and --width or --blocks where the script has them{kept}")
 
 
 # --- Flags -------------------------------------------------------------------------------------
@@ -52,6 +70,8 @@ non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+# numpy's range; torch's ends at 2**64, and the batch order's seed * 100_003 must stay inside it
+seed = _number(int, lambda v: 0 <= v < 2**32, "a whole number from 0 to 4294967295")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -65,7 +85,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     """The flags every script shares, each with its default in --help; the script adds its own."""
     parser = argparse.ArgumentParser(prog=f"{script}.py", description=description, allow_abbrev=False,
                                      formatter_class=_HelpFormatter)
-    parser.set_defaults(script=script, conditional=conditional)
+    parser.set_defaults(script=script, conditional=conditional, default_epochs=epochs)
     add = parser.add_argument
     add("--dataset", default=datasets[0], choices=datasets,
         help="training data ('folder': the images in --data-root; 'fake': made up, no files)")
@@ -75,12 +95,15 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--epochs", type=positive_int, default=epochs, help="passes over the data (the lr schedule ends with them)")
     add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
     add("--lr-decay", choices=("linear", "half", "none"), default=lr_decay,
-        help="linear: to 0 at the last step; half: constant, then linear to 0 over the second half; none: constant")
+        help=f"linear: to 0 over the whole run at --epochs {epochs} or more, over its last E/{epochs} at E epochs; "
+             "half: constant, then linear to 0 over the second half; none: constant")
     add("--ema", type=fraction, default=ema, metavar="DECAY",
         help="grids, snapshots and --generate use a moving average of G's weights (0: G itself)")
     add("--latent-dim", type=positive_int, default=latent_dim, help="size of the noise vector z")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto picks cuda when present)")
-    add("--seed", type=int, default=0, help="same seed and device give the same numbers")
+    add("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
+        help="torch.compile the networks (the first steps wait for the compiler; reduce-overhead: CUDA graphs)")
+    add("--seed", type=seed, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")
     add("--sample-every", type=positive_int, help="also save a grid every N steps")
@@ -115,7 +138,7 @@ def parse_args(parser, argv=None):
     saved = checkpoint["args"]   # argparse fills in a default only where the namespace has no value
     keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps", "label")}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
-    may_change = {"epochs", "max_steps", "device", "log_every", "sample_every", "data_root", "snapshot_every",
+    may_change = {"epochs", "max_steps", "device", "compile", "log_every", "sample_every", "data_root", "snapshot_every",
                   "checkpoint_every", "resume", "generate", "out", "label"} | ({"seed"} if args.generate else set())
     for name, value in vars(args).items():   # a changed --lr would otherwise be silently ignored
         if name in saved and name not in may_change and saved[name] != value:
@@ -126,8 +149,9 @@ def parse_args(parser, argv=None):
         raise UserError(f"--label {args.label}: the run's classes are 0 to {checkpoint['n_classes'] - 1} "
                         f"({', '.join(checkpoint['class_names'])})")
     args.resume, args.out = str(path), str(path.parent)
+    step = f"step {checkpoint['step']}, " if "step" in checkpoint else ""   # a snapshot is an epoch's end
     print(f"{'generating from' if args.generate else 'resuming'} {path}: {saved['dataset']}, "
-          f"epoch {checkpoint['epoch']} of {saved['epochs']}", flush=True)
+          f"{step}{checkpoint['epoch']} of {saved['epochs']} epochs complete", flush=True)
     return args, checkpoint
 
 
@@ -142,6 +166,15 @@ def pick_device(name):
     if not match or not present[match[1]](int(match[2] or 0)):
         raise UserError(f"--device {name} is not available on this machine (use auto, cpu, cuda, cuda:N or mps)")
     return torch.device(name)
+
+
+def compile_networks(args, device, *networks):
+    """--compile: each network's forward and backward become fused kernels, compiled in place (a
+    checkpoint keeps its names). The first step of each shape waits for the compiler (docs/speed.md)."""
+    if args.compile:
+        torch.backends.cudnn.benchmark = device.type == "cuda"   # shapes never change: time cuDNN's kernels once
+        for network in networks:
+            network.compile(mode=None if args.compile == "default" else args.compile)
 
 
 def seed_everything(seed):
@@ -161,12 +194,30 @@ def check_writable(folder):
 
 
 def free_path(folder, stem, suffix=""):
-    """folder/stem, else stem-2, stem-3, ...: a name nothing uses yet (an empty folder counts as free)."""
+    """folder/stem, else stem-2, stem-3, ...: a name nothing uses yet."""
     path, number = Path(folder) / f"{stem}{suffix}", 1
-    while path.exists() and (not path.is_dir() or any(path.iterdir())):
+    while path.exists():
         number += 1
         path = Path(folder) / f"{stem}-{number}{suffix}"
     return path
+
+
+def claim_folder(out):
+    """A new run's folder: `out` if new or empty, else out-2, out-3, ...; claimed by creating its losses.csv
+    exclusively, so two runs started at once never share one (an empty folder alone would look free)."""
+    if out.is_file():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    for path in (out if number == 1 else out.parent / f"{out.name}-{number}" for number in range(1, sys.maxsize)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            if not any(path.iterdir()):
+                return os.close(os.open(path / "losses.csv", os.O_CREAT | os.O_EXCL | os.O_WRONLY)) or path
+        except FileExistsError:   # a file of that name, or another run claimed the folder first
+            continue
+        except OSError as error:   # an unwritable parent, or an unwritable (immutable) empty folder
+            why = error.strerror or error
+            raise UserError(f"cannot write in {path} ({why}); nothing was changed" if path.is_dir() else
+                            f"cannot create the run folder {path} ({why}); choose another --out")
 
 
 def find_checkpoint(out, script):
@@ -189,7 +240,7 @@ def load_checkpoint(path, script):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist")
+        raise MissingFile(f"checkpoint {path} does not exist")
     except Exception as error:
         raise UserError(f"checkpoint {path} cannot be read ({type(error).__name__}); is it a complete .pt file?")
     owner = checkpoint.get("script") if isinstance(checkpoint, dict) else None
@@ -198,115 +249,48 @@ def load_checkpoint(path, script):
     return checkpoint
 
 
-def lr_factor(schedule, total_steps):
-    """LambdaLR's factor after `step` steps of `total_steps`, for --lr-decay `schedule`."""
-    start = {"linear": 0, "half": total_steps // 2, "none": total_steps}[schedule]   # where the fall begins
+def lr_factor(args, total_steps):
+    """LambdaLR's factor after `step` of the run's `total_steps`, for --lr-decay. linear: the rate falls to 0
+    over the last min(1, E / E0) of a run of E epochs (E0: the script's default): the default run falls from
+    its first step, a shorter one holds the rate and falls over a shorter tail, so at every epoch it has
+    had as much learning rate as the default run had there, and it ends annealed."""
+    fraction = {"linear": min(1.0, args.epochs / args.default_epochs), "half": 0.5, "none": 0.0}[args.lr_decay]
+    start = total_steps - math.ceil(total_steps * fraction)   # where the fall begins
     return lambda step: 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, total_steps - start))
 
 
-def ema_with_warmup(decay):
-    """AveragedModel's multi_avg_fn: an exponential moving average whose decay grows from 0.1 to `decay`
-    as (1 + n) / (10 + n) after n updates, so the average soon forgets G's random start."""
+class EMA(torch.nn.Module):
+    """A moving average of a network's weights and buffers (`module`), for grids, snapshots and --generate.
+    Its decay grows as (1 + n) / (10 + n) after n updates, up to `decay`, so the average soon forgets G's
+    random start (0: the network itself). One fused update per step, its weight computed on the host:
+    nothing is read back from the device or copied to it (torch's AveragedModel does both every step)."""
+
+    def __init__(self, network, decay):
+        super().__init__()
+        self.module, self.decay, self.n = copy.deepcopy(network).requires_grad_(False), decay, 0
+
+    def get_extra_state(self):
+        return {"n": self.n}
+
+    def set_extra_state(self, state):
+        self.n = state["n"]
+
+    def load_state_dict(self, state, strict=True):   # runs saved with torch's AveragedModel resume too
+        if "n_averaged" in state:
+            state = {**state, "_extra_state": {"n": int(state["n_averaged"])}}
+            del state["n_averaged"]
+        return super().load_state_dict(state, strict)
+
     @torch.no_grad()
-    def update(averaged, current, n_averaged):
-        weight = 1 - torch.clamp((1 + n_averaged) / (10 + n_averaged), max=decay)   # on the device: no sync
-        for mean, value in zip(averaged, current):
-            mean.lerp_(value, weight.to(mean.dtype)) if mean.is_floating_point() else mean.copy_(value)
-    return update
-
-
-# --- Data: decoded once into uint8, batches cut on the training device -------------------------
-class ImageData:
-    """All images as one uint8 tensor (N, C, H, W) and int64 labels (N,), kept on the device."""
-
-    def __init__(self, images, labels, class_names, device):
-        self.images, self.labels, self.class_names = images.to(device), labels.to(device), list(class_names)
-        self.n_classes, self.shape = len(class_names), tuple(images.shape[1:])   # shape: (C, H, W)
-
-    def __str__(self):
-        return f"{len(self.images):,} images, {self.n_classes} classes, {self.shape[0]} channel(s), {self.shape[1]} px"
-
-    def steps_per_epoch(self, batch_size):
-        return len(self.images) // batch_size   # the short last batch is dropped, every epoch alike
-
-    def batches(self, batch_size, epoch, seed, skip=0):
-        """Yield (images in [-1, 1], labels) for one epoch. The order depends only on (seed, epoch), so a
-        resumed run sees the batches an uninterrupted one would; `skip` passes over those already seen."""
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        order = order.to(self.images.device)
-        for i in range(skip, self.steps_per_epoch(batch_size)):
-            index = order[i * batch_size:(i + 1) * batch_size]
-            yield self.images[index].float().div_(127.5).sub_(1), self.labels[index]
-
-
-def load_data(args, device, train=True):
-    """The dataset named by the flags, resized once to --img-size, as an ImageData on `device`."""
-    if args.dataset == "fake":   # grey noise with a bright square whose place is the class
-        labels, classes = torch.arange(512) % 10, [str(k) for k in range(10)]
-        images = torch.randint(0, 40, (512, 1, 32, 32), generator=torch.Generator().manual_seed(args.seed),
-                               dtype=torch.uint8)
-        for k in range(10):
-            images[labels == k, :, k // 4 * 8:k // 4 * 8 + 8, k % 4 * 8:k % 4 * 8 + 8] = 255
-    elif args.dataset == "folder":
-        images, labels, classes = folder_images(Path(args.data_root), args.img_size)
-    else:
-        images, labels, classes = _torchvision_images(args.dataset, Path(args.data_root), train)
-    if images.shape[-2:] != (args.img_size, args.img_size):
-        images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
-        images = images.round().clamp(0, 255).to(torch.uint8)
-    if len(images) < args.batch_size:
-        raise UserError(f"the dataset has {len(images)} images, fewer than --batch-size {args.batch_size}")
-    return ImageData(images, labels, classes, device)
-
-
-def _torchvision_images(name, root, train):
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
-           "cifar10": torchvision.datasets.CIFAR10}[name]
-    raw = root / cls.__name__ / "raw"
-    for file, md5 in getattr(cls, "resources", []):   # torchvision would take a damaged .gz for a missing one
-        if (raw / file).is_file() and not (raw / file[:-3]).is_file() and not check_integrity(raw / file, md5):
-            raise UserError(f"{raw / file} is damaged or incomplete (not the {name} file); replace it")
-    made = [p for p in (root, root / cls.__name__, raw) if not p.exists()]
-    try:
-        dataset = cls(str(root), train=train, download=True)
-    except Exception as error:  # no network, a refused connection, a damaged file: all end in one line
-        for folder in reversed(made):   # torchvision made these before it failed: leave nothing behind
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        where = (f"cifar-10-python.tar.gz in {root}/" if name == "cifar10" else
-                 f"the four *-ubyte.gz files (train/t10k images and labels) in {raw}/")
-        if any(raw.glob("*-ubyte")):
-            where = f"undamaged files in {raw}/ (one there cannot be read)"
-        raise UserError(f"could not load {name} ({type(error).__name__}); without a network, put {where}")
-    images = torch.as_tensor(np.asarray(dataset.data))
-    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # (N, C, H, W)
-    return images.contiguous(), torch.as_tensor(np.asarray(dataset.targets)).long(), dataset.classes
-
-
-def folder_images(root, size):
-    """A folder whose sub-folders are the classes, or whose images are one class: uint8 (N, C, size, size)
-    (grey only if every image is), labels (N,), class names. One file is open at a time."""
-    def files(folder):
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
-
-    def read(path, mode=None):
-        with Image.open(path) as picture:
-            return picture.mode if mode is None else pil_to_tensor(picture.convert(mode))
-    if not root.is_dir():
-        raise UserError(f"--data-root {root} is not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and files(p))
-    if classes and files(root):
-        raise UserError(f"{root} holds class sub-folders and, beside them, {len(files(root))} image(s) that would be "
-                        "ignored; move those into a sub-folder (a class) of their own")
-    paths = [(p, k) for k, c in enumerate(classes) for p in files(root / c)] or [(p, 0) for p in files(root)]
-    if not paths:
-        raise UserError(f"{root} holds no images (expected class sub-folders of .png/.jpg files)")
-    try:
-        mode = "L" if all(read(p) in ("L", "1", "I;16", "I") for p, _ in paths) else "RGB"   # headers only
-        images = torch.stack([center_crop(resize(read(p, mode), size, antialias=True), size) for p, _ in paths])
-    except OSError as error:
-        raise UserError(f"an image under {root} cannot be read ({error})")
-    return images, torch.tensor([k for _, k in paths]), classes or [root.name]
+    def update_parameters(self, network):
+        weight = 1.0 if self.n == 0 else 1 - min(self.decay, (1 + self.n) / (10 + self.n))   # a Python float
+        mine, theirs = [*self.module.parameters(), *self.module.buffers()], [*network.parameters(), *network.buffers()]
+        floats = [i for i, tensor in enumerate(mine) if tensor.is_floating_point()]
+        counts = [i for i, tensor in enumerate(mine) if not tensor.is_floating_point()]   # BatchNorm's batch count
+        torch._foreach_lerp_([mine[i] for i in floats], [theirs[i] for i in floats], weight)
+        if counts:
+            torch._foreach_copy_([mine[i] for i in counts], [theirs[i] for i in counts])
+        self.n += 1
 
 
 # --- Samples -----------------------------------------------------------------------------------
@@ -364,15 +348,11 @@ class Run:
             random.setstate(rng["python"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
-        self.dir = Path(args.out) if checkpoint else free_path(Path(args.out).parent, Path(args.out).name)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create the run folder {self.dir} ({error.strerror or error}); "
-                            "choose another --out")
+        self.dir = Path(args.out) if checkpoint else claim_folder(Path(args.out))
         self.meta = {"script": args.script, "args": vars(args), "image_shape": data.shape,
                      "n_classes": data.n_classes, "class_names": data.class_names}
         self.trained, self.sums, self.count, self.stop_signal = False, None, 0, None
+        self.saved_step = checkpoint["step"] if checkpoint else None   # the step checkpoint.pt holds
         print(f"run folder: {self.dir}\ndata: {args.dataset}, {data}", flush=True)
 
     def __enter__(self):   # Ctrl-C and SIGTERM ask the loop to stop after the current step
@@ -384,6 +364,10 @@ class Run:
     def __exit__(self, kind, error, trace):
         for signum, handler in self.handlers.items():
             signal.signal(signum, handler)
+        if isinstance(error, RuntimeError) and OUT_OF_MEMORY.search(str(error)):   # the run's checkpoint is named
+            kept = f"{self.dir / 'checkpoint.pt'} (step {self.saved_step})"
+            raise too_large(error, "; no checkpoint was written yet" if self.saved_step is None else
+                            f"; the last checkpoint is kept: {kept}") from error
         if kind is None and self.trained:
             print(f"done: {self.step} steps; grids, losses.csv, snapshots and checkpoint.pt in {self.dir}")
         elif kind is None:
@@ -447,7 +431,7 @@ class Run:
         state = {name: thing if torch.is_tensor(thing) else thing.state_dict() for name, thing in self.state.items()}
         save_atomically({**self.meta, **state, "sampler": self.sampler.state_dict(), "step": self.step,
                          "epoch": self.step // self.steps_per_epoch, "rng": rng}, self.dir / "checkpoint.pt")
-        self.last_save = time.monotonic()
+        self.last_save, self.saved_step = time.monotonic(), self.step
         self._start_clock()   # saving is not training time
 
     @torch.no_grad()

@@ -12,11 +12,15 @@ Adam(2e-4, betas 0.5, 0.999), the rate constant for half the epochs, then linear
 Where this file departs from the paper (a flag gives the paper's setting back):
 - --width 16, --blocks 3, --d-layers 2, --batch-size 16 and 1 epoch fit 28 px digits on a CPU (the
   paper: 64, 9, 3, 1 and 200 epochs at 256 px); --label-smoothing, --label-exchange: the LSGAN targets.
+- folder data gets the paper's augmentation, resized to 286/256 of --img-size, cropped back at random and
+  flipped left-right half the time, but per batch on the device, bilinear from the decoded --img-size
+  images (the paper: bicubic from the file); --no-augment: none. thin2thick has none (a flipped digit is not a digit).
 
     python cyclegan.py --dataset thin2thick   # MNIST: thin strokes <-> thick ones, runs/cyclegan
     python cyclegan.py --dataset folder --data-root data/horse2zebra --img-size 256 --width 64 \\
         --blocks 9 --d-layers 3 --batch-size 1 --epochs 200 --device cuda          # the paper's
-    python cyclegan.py --generate 100         # translate test images both ways: generated.npz
+    python cyclegan.py --generate 100         # translate test images both ways (folder: testA/, testB/, else
+                                              # the training images, as it says): generated.npz
     python evaluate.py runs/cyclegan          # the digit kept, FD both ways, the cycle error
 """
 import argparse
@@ -27,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 import common
+import imagedata
 
 
 def parse_args(argv=None):
@@ -47,7 +51,13 @@ def parse_args(argv=None):
                         help="weight of the identity loss, as a fraction of --lambda-cycle (0: none)")
     parser.add_argument("--pool-size", type=common.non_negative_int, default=50,
                         help="D sees fakes from a pool of this many (0: none)")
-    return common.parse_args(parser, argv)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                        help="the paper's random crop (from 286/256 the size) and flip of each training batch "
+                             "(default: on for folder, off for thin2thick and fake)")
+    args, checkpoint = common.parse_args(parser, argv)
+    if args.augment is None:   # photos gain from it; a flipped digit is not a digit, and fake data is not photos
+        args.augment = args.dataset == "folder"
+    return args, checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,11 +68,27 @@ def thicken(images):
     return F.max_pool2d(images.float(), 3, stride=1, padding=1).to(torch.uint8)
 
 
-class Unpaired:
-    """Two ImageData sets A and B; a step takes a batch of each, in orders drawn independently."""
+def augment(images, size):
+    """The paper's augmentation of a batch (B, C, size, size) in [-1, 1], on its device: resized to 286/256
+    of size, a random size x size crop of each image, flipped left-right half the time. The draws come from
+    the device's generator, which checkpoints keep, so a resumed run crops and flips alike."""
+    batch, big, device = len(images), size * 286 // 256, images.device
+    images = F.interpolate(images, size=(big, big), mode="bilinear")           # (B, C, big, big)
+    corner = torch.randint(0, big - size + 1, (2, batch, 1), device=device)    # each crop's top and left
+    steps = torch.arange(size, device=device)
+    flip = torch.rand(batch, 1, device=device) < 0.5
+    rows, cols = corner[0] + steps, corner[1] + torch.where(flip, size - 1 - steps, steps)   # (B, size) each
+    picked = images.permute(0, 2, 3, 1)[torch.arange(batch, device=device)[:, None, None], rows[:, :, None],
+                                        cols[:, None, :]]                      # (B, size, size, C)
+    return picked.permute(0, 3, 1, 2).contiguous()                              # (B, C, size, size)
 
-    def __init__(self, a, b):
-        self.a, self.b = a, b
+
+class Unpaired:
+    """Two ImageData sets A and B; a step takes a batch of each, in orders drawn independently. `split`
+    says which images they are (test or training); `augment`: crop and flip each batch."""
+
+    def __init__(self, a, b, augment=False, split="training"):
+        self.a, self.b, self.augment, self.split = a, b, augment, split
         self.shape, self.n_classes, self.class_names = a.shape, a.n_classes, a.class_names
 
     def __str__(self):
@@ -76,21 +102,23 @@ class Unpaired:
         steps = self.steps_per_epoch(batch_size)
         pairs = zip(self.a.batches(batch_size, epoch, seed, skip), self.b.batches(batch_size, epoch, seed + 1, skip))
         for step, ((a, _), (b, _)) in zip(range(skip, steps), pairs):
-            yield a, b
+            yield (augment(a, a.shape[-1]), augment(b, b.shape[-1])) if self.augment else (a, b)
 
 
 def load_unpaired(args, device, train=True, channels=None):
     """A and B for --dataset, as an Unpaired of two ImageData (labels kept for evaluation); grey sets
     become colour when the other set (or `channels`, a trained run's) is colour."""
+    split = "training" if train else "test"
     if args.dataset == "folder":
         folders = [Path(args.data_root) / f"{'train' if train else 'test'}{side}" for side in "AB"]
         if not train and not all(f.is_dir() for f in folders):
-            folders = [Path(args.data_root) / f"train{side}" for side in "AB"]
+            folders, split = [Path(args.data_root) / f"train{side}" for side in "AB"], "training"
+            print(f"{args.data_root} has no testA/ and testB/: translating the training images of trainA/ and trainB/")
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
             raise common.UserError(f"--data-root {args.data_root} needs trainA/ and trainB/ "
                                    f"(missing: {', '.join(missing)})")
-        sets = [common.folder_images(folder, args.img_size) for folder in folders]
+        sets = [imagedata.folder_images(folder, args.img_size) for folder in folders]
         a, b = ([images, torch.zeros(len(images), dtype=torch.long), [folder.name]]
                 for (images, _, _), folder in zip(sets, folders))
         channels = max(a[0].shape[1], b[0].shape[1], channels or 1)   # one grey, one colour: both colour
@@ -98,7 +126,7 @@ def load_unpaired(args, device, train=True, channels=None):
     else:   # thin2thick and fake: halves of one labelled set, B thickened; the halves share no image
         flags = argparse.Namespace(**{**vars(args), "img_size": 28,
                                       "dataset": "mnist" if args.dataset == "thin2thick" else "fake"})
-        data = common.load_data(flags, "cpu", train)
+        data = imagedata.load_data(flags, "cpu", train)
         half = len(data.images) // 2 if train else len(data.images)
         a = [data.images[:half], data.labels[:half], data.class_names]
         b = [thicken(data.images[-half:]), data.labels[-half:], data.class_names]
@@ -109,8 +137,8 @@ def load_unpaired(args, device, train=True, channels=None):
         if images.shape[-1] != args.img_size:
             images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
             images = images.round().clamp(0, 255).to(torch.uint8)
-        pair.append(common.ImageData(images.contiguous(), labels, names, device))
-    return Unpaired(*pair)
+        pair.append(imagedata.ImageData(images.contiguous(), labels, names, device))
+    return Unpaired(*pair, augment=train and getattr(args, "augment", False), split=split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,26 +275,36 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, args):
+def train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, *, lambda_cycle=10.0,
+               lambda_identity=0.5, label_smoothing=0.0, label_exchange=0.0):
     """One update of both generators, then one of both discriminators, on a batch of each set.
     Returns the values to log."""
     g_ab, g_ba, batch_size, device = translator.g_ab, translator.g_ba, real_a.size(0), real_a.device
-    ones = torch.ones(batch_size, 1, 1, 1, device=device)
 
-    # Train G and F: fool D_B and D_A (target 1), come back by the cycle, and leave the other set alone
-    fake_b, fake_a = g_ab(real_a), g_ba(real_b)                              # (B, C, H, W) each
-    loss_gan = gan_loss(d_b(fake_b), ones) + gan_loss(d_a(fake_a), ones)
+    # Train G and F: fool D_B and D_A (target 1), come back by the cycle, and leave the other set alone.
+    # One pass of each generator over both sets (InstanceNorm keeps every image to itself).
+    fake_b, same_b = g_ab(torch.cat([real_a, real_b])).chunk(2)             # G(a), G(b): (B, C, H, W) each
+    fake_a, same_a = g_ba(torch.cat([real_b, real_a])).chunk(2)             # F(b), F(a)
+    for d in (d_a, d_b):
+        d.requires_grad_(False)   # G needs the gradient at D's input, not D's weight gradients
+    scores_b, scores_a = d_b(fake_b), d_a(fake_a)
+    for d in (d_a, d_b):
+        d.requires_grad_(True)
+    loss_gan = gan_loss(scores_b, torch.ones_like(scores_b)) + gan_loss(scores_a, torch.ones_like(scores_a))
     loss_cycle = cycle_loss(real_a, g_ba(fake_b)) + cycle_loss(real_b, g_ab(fake_a))
-    loss_identity = cycle_loss(real_b, g_ab(real_b)) + cycle_loss(real_a, g_ba(real_a))
-    loss_g = loss_gan + args.lambda_cycle * (loss_cycle + args.lambda_identity * loss_identity)
+    loss_identity = cycle_loss(real_b, same_b) + cycle_loss(real_a, same_a)
+    loss_g = loss_gan + lambda_cycle * (loss_cycle + lambda_identity * loss_identity)
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
 
-    # Train D_A and D_B: real images -> real_targets (1), fakes from the pools -> fake_targets (0)
-    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
-    loss_d = 0.5 * (gan_loss(d_b(real_b), real_targets) + gan_loss(d_b(pool_b(fake_b)), fake_targets)
-                    + gan_loss(d_a(real_a), real_targets) + gan_loss(d_a(pool_a(fake_a)), fake_targets))
+    # Train D_A and D_B: real images -> real_targets (1), fakes from the pools -> fake_targets (0); one
+    # pass of each D over its real and pooled fake images together
+    real_targets, fake_targets = discriminator_targets(batch_size, label_smoothing, label_exchange, device)
+    real_b_scores, fake_b_scores = d_b(torch.cat([real_b, pool_b(fake_b)])).chunk(2)
+    real_a_scores, fake_a_scores = d_a(torch.cat([real_a, pool_a(fake_a)])).chunk(2)
+    loss_d = 0.5 * (gan_loss(real_b_scores, real_targets) + gan_loss(fake_b_scores, fake_targets)
+                    + gan_loss(real_a_scores, real_targets) + gan_loss(fake_a_scores, fake_targets))
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -320,7 +358,7 @@ def generate(args, checkpoint, device):
     np.savez_compressed(path, **{name: array.numpy() for name, array in arrays.items()})
     rows = torch.cat([arrays[name][:10] for name in ("a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b")])
     common.save_grid(rows.float().div(127.5).sub(1), path.with_suffix(".png"), nrow=min(10, len(a)))
-    print(f"wrote {len(a)} test images of each set and their translations to {path}, "
+    print(f"wrote {len(a)} {test.split} images of each set and their translations to {path}, "
           f"a grid to {path.with_suffix('.png')}")
 
 
@@ -337,18 +375,21 @@ def main(argv=None):
     data = load_unpaired(args, device)   # decoded once; batches are cut on the device
     translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of the generators (--ema 0: the generators)
-    ema = AveragedModel(translator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    ema = common.EMA(translator, args.ema)
+    common.compile_networks(args, device, translator.g_ab, translator.g_ba, d_a, d_b)   # --compile
+    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same images for every grid: rows a, G(a), F(G(a)), b, F(b), G(F(b))
-    fixed_a, fixed_b = data.a.images[:8].float().div(127.5).sub(1), data.b.images[:8].float().div(127.5).sub(1)
+    fixed_a, fixed_b = (d.images[:8].to(device).float().div(127.5).sub(1) for d in (data.a, data.b))
     state = {"translator": translator, "d_a": d_a, "d_b": d_b, "pool_a": pool_a, "pool_b": pool_b, "opt_g": opt_g,
              "opt_d": opt_d, "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1]}
+    settings = {"lambda_cycle": args.lambda_cycle, "lambda_identity": args.lambda_identity,
+                "label_smoothing": args.label_smoothing, "label_exchange": args.label_exchange}   # by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_a, fixed_b)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_a, real_b in run.batches(epoch):
-                logged = train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, args)
+                logged = train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, **settings)
                 ema.update_parameters(translator)
                 for schedule in schedules:
                     schedule.step()

@@ -12,7 +12,8 @@ Where this file departs from the paper (where a flag exists, its other setting i
 - --width 32, half the paper's 64: a quarter of the computation, so 25 MNIST epochs fit a CPU.
 - --spectral-norm in D instead of BatchNorm: with BatchNorm, D overpowers G after about 15 epochs.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
+- --lr-decay linear: the rates fall to 0 over the run, so late epochs refine; at E < 25 epochs, over
+  its last E/25, so a short run is not slowed (it has had the default run's rate at that epoch).
 
     python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
     python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces
@@ -23,12 +24,9 @@ import random
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel
 
 import common
-
-IMG_SIZES = (16, 32, 64, 128)   # 4x4 doubled 2 to 5 times
-
+import imagedata
 
 def parse_args(argv=None):
     parser = common.build_parser("dcgan", "DCGAN (convolutional generator and discriminator).",
@@ -49,6 +47,9 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
+IMG_SIZES = (16, 32, 64, 128)   # 4x4 doubled 2 to 5 times
+
+
 def n_doublings(img_size):
     """How many stride-2 layers take 4x4 to img_size (2 for 16 px, 4 for 64 px)."""
     if img_size not in IMG_SIZES:
@@ -117,6 +118,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, channels, img_size, width, spectral_norm=True):
         super().__init__()
+        self.batch_norm = not spectral_norm   # BatchNorm in D: real and fake need a pass each
         n_doublings(img_size)   # refuses a size the blocks cannot reach 4x4 from
         layers = [nn.Conv2d(channels, width, 4, 2, 1),   # (B, W, img_size/2, img_size/2)
                   nn.LeakyReLU(0.2)]
@@ -132,6 +134,14 @@ class Discriminator(nn.Module):
         if spectral_norm:   # each weight divided by an estimate of its largest singular value, in place of BatchNorm
             for layer in [m for m in self.modules() if isinstance(m, nn.Conv2d)]:
                 nn.utils.parametrizations.spectral_norm(layer)
+
+    def power_iteration(self, on):
+        """Spectral norm refines its estimate of each weight's largest singular value on every forward
+        pass in train mode; G's update turns that off, so that it runs once per D update."""
+        for module in self.modules():
+            if isinstance(module, nn.utils.parametrize.ParametrizationList):
+                module.train(on)
+        return self
 
     def forward(self, images):
         return self.net(images).flatten(1)   # (B, 1)
@@ -158,23 +168,28 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, discriminator, opt_g, opt_d, args):
+def train_step(real_images, generator, discriminator, opt_g, opt_d, *, latent_dim=100, label_smoothing=0.0,
+               label_exchange=0.0):
     """One D update, then one G update, on a batch of real images. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train D: real images -> real_targets (1), G's images -> fake_targets (0)
-    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
-    z = torch.randn(batch_size, args.latent_dim, device=device)
-    fake_images = generator(z)                          # (B, C, H, W)
-    real_logits = discriminator(real_images)            # (B, 1)
-    fake_logits = discriminator(fake_images.detach())   # detach: this update trains D only
+    real_targets, fake_targets = discriminator_targets(batch_size, label_smoothing, label_exchange, device)
+    fake_images = generator(torch.randn(batch_size, latent_dim, device=device))   # (B, C, H, W)
+    fakes = fake_images.detach()                                                  # detach: this update trains D only
+    if discriminator.batch_norm:   # a pass for each batch, so that BatchNorm does not mix their statistics
+        real_logits, fake_logits = discriminator(real_images), discriminator(fakes)          # (B, 1) each
+    else:                          # one pass over both: half the work for the device to launch
+        real_logits, fake_logits = discriminator(torch.cat([real_images, fakes])).chunk(2)   # (B, 1) each
     loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
 
     # Train G: make D call G's images real (target 1)
-    loss_g = bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
+    discriminator.requires_grad_(False).power_iteration(False)   # G needs the gradient at D's input only
+    loss_g = bce(discriminator(fake_images), torch.ones_like(real_logits))
+    discriminator.requires_grad_(True).power_iteration(True)
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -212,20 +227,23 @@ def main(argv=None):
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
-    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    ema = common.EMA(generator, args.ema)
+    common.compile_networks(args, device, generator, discriminator)   # --compile
+    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,
              "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    settings = {"latent_dim": args.latent_dim, "label_smoothing": args.label_smoothing,
+                "label_exchange": args.label_exchange}   # train_step's flags, by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
-                logged = train_step(real_images, generator, discriminator, opt_g, opt_d, args)
+                logged = train_step(real_images, generator, discriminator, opt_g, opt_d, **settings)
                 ema.update_parameters(generator)
                 for schedule in schedules:
                     schedule.step()

@@ -7,7 +7,8 @@ and G learns to make D call its images real. Both are MLPs on flattened images.
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - G minimises -log D(G(z)), the non-saturating loss the paper suggests, not log(1 - D(G(z))).
 - --ema 0.9999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run, so late epochs refine, not wander.
+- --lr-decay linear: the rates fall to 0 over the run, so late epochs refine; at E < 50 epochs, over
+  its last E/50, so a short run is not slowed (it has had the default run's rate at that epoch).
 - --label-smoothing S and --label-exchange P: two training tricks, off by default.
 
     python gan.py --epochs 50                 # MNIST: grids, snapshots and checkpoint.pt in runs/gan
@@ -19,9 +20,9 @@ import random
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel
 
 import common
+import imagedata
 
 
 def parse_args(argv=None):
@@ -91,23 +92,25 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, discriminator, opt_g, opt_d, args):
+def train_step(real_images, generator, discriminator, opt_g, opt_d, *, latent_dim=100, label_smoothing=0.0,
+               label_exchange=0.0):
     """One D update, then one G update, on a batch of real images. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train D: real images -> real_targets (1), G's images -> fake_targets (0)
-    real_targets, fake_targets = discriminator_targets(batch_size, args.label_smoothing, args.label_exchange, device)
-    z = torch.randn(batch_size, args.latent_dim, device=device)
-    fake_images = generator(z)                          # (B, C, H, W)
-    real_logits = discriminator(real_images)            # (B, 1)
-    fake_logits = discriminator(fake_images.detach())   # detach: this update trains D only
+    real_targets, fake_targets = discriminator_targets(batch_size, label_smoothing, label_exchange, device)
+    fake_images = generator(torch.randn(batch_size, latent_dim, device=device))   # (B, C, H, W)
+    both = torch.cat([real_images, fake_images.detach()])   # detach: this update trains D only
+    real_logits, fake_logits = discriminator(both).chunk(2)   # (B, 1) each: one pass, as D has no BatchNorm
     loss_d = bce(real_logits, real_targets) + bce(fake_logits, fake_targets)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
 
     # Train G: make D call G's images real (target 1)
-    loss_g = bce(discriminator(fake_images), torch.ones(batch_size, 1, device=device))
+    discriminator.requires_grad_(False)   # G needs the gradient at D's input, not D's weight gradients
+    loss_g = bce(discriminator(fake_images), torch.ones_like(real_logits))
+    discriminator.requires_grad_(True)
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
@@ -144,20 +147,23 @@ def main(argv=None):
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
-    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    decay = common.lr_factor(args.lr_decay, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    ema = common.EMA(generator, args.ema)
+    common.compile_networks(args, device, generator, discriminator)   # --compile
+    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d,
              "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    settings = {"latent_dim": args.latent_dim, "label_smoothing": args.label_smoothing,
+                "label_exchange": args.label_exchange}   # train_step's flags, by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
-                logged = train_step(real_images, generator, discriminator, opt_g, opt_d, args)
+                logged = train_step(real_images, generator, discriminator, opt_g, opt_d, **settings)
                 ema.update_parameters(generator)
                 for schedule in schedules:
                     schedule.step()

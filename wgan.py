@@ -23,9 +23,9 @@ import random
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel
 
 import common
+import imagedata
 
 
 def parse_args(argv=None):
@@ -101,26 +101,27 @@ def generator_loss(fake_scores):
 
 def clip_weights(critic, clip):
     """Keep the critic Lipschitz, crudely: clamp every parameter to [-clip, clip], in place."""
-    with torch.no_grad():
-        for parameter in critic.parameters():
-            parameter.clamp_(-clip, clip)
+    parameters = list(critic.parameters())
+    with torch.no_grad():   # one fused call over all of the critic's tensors, not one per tensor
+        torch._foreach_clamp_min_(parameters, -clip)
+        torch._foreach_clamp_max_(parameters, clip)
 
 
-def critic_updates_before(g_step, args):
-    """How many critic updates come before G's update number g_step (0, 1, ...): n_critic, or with
-    --critic-boost K, K before each of the first 25 and every 500th, so that the critic is close to
+def critic_updates_before(g_step, n_critic=2, critic_boost=0):
+    """How many critic updates come before G's update number g_step (0, 1, ...): n_critic, or with a
+    critic_boost K, K before each of the first 25 and every 500th, so that the critic is close to
     the true distance when G starts, and now and then after."""
-    if args.critic_boost and (g_step < 25 or g_step % 500 == 0):
-        return args.critic_boost
-    return args.n_critic
+    if critic_boost and (g_step < 25 or g_step % 500 == 0):
+        return critic_boost
+    return n_critic
 
 
-def g_update_steps(total_steps, args):
+def g_update_steps(total_steps, n_critic=2, critic_boost=0):
     """The critic updates (counted from 1) after which G trains, up to total_steps: with n_critic 2
     and no boost, {2, 4, 6, ...}."""
     turns, step, g_step = set(), 0, 0
-    while step + critic_updates_before(g_step, args) <= total_steps:
-        step += critic_updates_before(g_step, args)
+    while step + critic_updates_before(g_step, n_critic, critic_boost) <= total_steps:
+        step += critic_updates_before(g_step, n_critic, critic_boost)
         turns.add(step)
         g_step += 1
     return turns
@@ -129,29 +130,33 @@ def g_update_steps(total_steps, args):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, critic, opt_g, opt_d, update_g, args):
+def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent_dim=100, label_exchange=0.0,
+               clip=0.01):
     """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
     it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train the critic every step, then clip its weights
     with torch.no_grad():   # this update trains the critic only: no graph through G
-        fake_images = generator(torch.randn(batch_size, args.latent_dim, device=device))   # (B, C, H, W)
-    real_scores, fake_scores = critic(real_images), critic(fake_images)                  # (B, 1) each
+        fake_images = generator(torch.randn(batch_size, latent_dim, device=device))        # (B, C, H, W)
+    real_scores, fake_scores = critic(torch.cat([real_images, fake_images])).chunk(2)   # (B, 1) each, one pass
     logged = {"loss_g": generator_loss(fake_scores), "wasserstein": real_scores.mean() - fake_scores.mean()}
-    if random.random() < args.label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
+    if random.random() < label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
         real_scores, fake_scores = fake_scores, real_scores
     loss_critic = critic_loss(real_scores, fake_scores)
     opt_d.zero_grad(set_to_none=True)
     loss_critic.backward()
     opt_d.step()
-    clip_weights(critic, args.clip)
+    clip_weights(critic, clip)
 
     # Train G when it is its turn: make the critic score G's images high
     if update_g:
-        z = torch.randn(batch_size, args.latent_dim, device=device)   # fresh noise
+        z = torch.randn(batch_size, latent_dim, device=device)   # fresh noise
+        critic.requires_grad_(False)   # G needs the gradient at the critic's input, not its weight gradients
+        loss_g = generator_loss(critic(generator(z)))
+        critic.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
-        generator_loss(critic(generator(z))).backward()
+        loss_g.backward()
         opt_g.step()
     return {"loss_critic": loss_critic, **logged}   # loss_g: on this step's fakes, every step
 
@@ -185,23 +190,26 @@ def main(argv=None):
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
     generator, critic, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
-    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
-    g_turns = g_update_steps(data.steps_per_epoch(args.batch_size) * args.epochs, args)
-    decay = common.lr_factor(args.lr_decay, total_steps=len(g_turns))
+    ema = common.EMA(generator, args.ema)
+    common.compile_networks(args, device, generator, critic)   # --compile
+    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
+    g_turns = g_update_steps(total_steps, args.n_critic, args.critic_boost)
+    decay = common.lr_factor(args, total_steps=len(g_turns))
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
              "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange, "clip": args.clip}   # by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
                 update_g = run.step + 1 in g_turns
-                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, args)
+                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, **settings)
                 if update_g:   # G changed: its average and the schedules follow
                     ema.update_parameters(generator)
                     for schedule in schedules:

@@ -11,7 +11,8 @@ critic: the penalty is per image. There is no --label-smoothing: a critic has no
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --lr 2e-4, twice the authors' 1e-4, which was tuned for convolutional networks and 200k G steps.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: both learning rates fall to 0 over the run; --label-exchange P swaps the batches.
+- --lr-decay linear: the rates fall to 0 over the run (over its last E/50 at E < 50 epochs);
+  --label-exchange P swaps the batches.
 
     python wgan_gp.py --epochs 50             # MNIST: grids, snapshots and checkpoint.pt in runs/wgan_gp
     python wgan_gp.py --generate 10000        # samples from the newest run
@@ -21,9 +22,9 @@ import random
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel
 
 import common
+import imagedata
 
 
 def parse_args(argv=None):
@@ -111,19 +112,20 @@ def gradient_penalty(critic, real_images, fake_images, lambda_gp):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, critic, opt_g, opt_d, update_g, args):
+def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent_dim=100, label_exchange=0.0,
+               lambda_gp=10.0):
     """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
     it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train the critic every step: Wasserstein loss + gradient penalty
     with torch.no_grad():   # this update trains the critic only: no graph through G
-        fake_images = generator(torch.randn(batch_size, args.latent_dim, device=device))   # (B, C, H, W)
-    real_scores, fake_scores = critic(real_images), critic(fake_images)                  # (B, 1) each
+        fake_images = generator(torch.randn(batch_size, latent_dim, device=device))        # (B, C, H, W)
+    real_scores, fake_scores = critic(torch.cat([real_images, fake_images])).chunk(2)   # (B, 1) each, one pass
     logged = {"loss_g": generator_loss(fake_scores), "wasserstein": real_scores.mean() - fake_scores.mean()}
-    if random.random() < args.label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
+    if random.random() < label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
         real_scores, fake_scores = fake_scores, real_scores
-    penalty = gradient_penalty(critic, real_images, fake_images, args.lambda_gp)
+    penalty = gradient_penalty(critic, real_images, fake_images, lambda_gp)
     loss_critic = critic_loss(real_scores, fake_scores) + penalty
     opt_d.zero_grad(set_to_none=True)
     loss_critic.backward()
@@ -131,9 +133,12 @@ def train_step(real_images, generator, critic, opt_g, opt_d, update_g, args):
 
     # Train G when it is its turn: make the critic score G's images high
     if update_g:
-        z = torch.randn(batch_size, args.latent_dim, device=device)   # fresh noise
+        z = torch.randn(batch_size, latent_dim, device=device)   # fresh noise
+        critic.requires_grad_(False)   # G needs the gradient at the critic's input, not its weight gradients
+        loss_g = generator_loss(critic(generator(z)))
+        critic.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
-        generator_loss(critic(generator(z))).backward()
+        loss_g.backward()
         opt_g.step()
     return {"loss_critic": loss_critic, **logged, "penalty": penalty}   # loss_g: on this step's fakes, every step
 
@@ -167,23 +172,26 @@ def main(argv=None):
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint)
 
-    data = common.load_data(args, device)   # decoded once; batches are cut on the device
+    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
     generator, critic, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
-    ema = AveragedModel(generator, multi_avg_fn=common.ema_with_warmup(args.ema), use_buffers=True)
+    ema = common.EMA(generator, args.ema)
+    common.compile_networks(args, device, generator)   # --compile: G only, as the penalty differentiates D twice
     g_steps = data.steps_per_epoch(args.batch_size) * args.epochs // args.n_critic
-    decay = common.lr_factor(args.lr_decay, total_steps=g_steps)
+    decay = common.lr_factor(args, total_steps=g_steps)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
              "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange,
+                "lambda_gp": args.lambda_gp}   # train_step's flags, by name
 
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
                 update_g = (run.step + 1) % args.n_critic == 0   # G trains after every n_critic-th critic update
-                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, args)
+                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, **settings)
                 if update_g:   # G changed: its average and the schedules follow
                     ema.update_parameters(generator)
                     for schedule in schedules:

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
+import imagedata  # noqa: E402
 
 SCRIPTS = ("gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan")
 
@@ -71,6 +72,10 @@ def parse_args(argv=None):
         help="also time the model limit with PyTorch's default (unfused) Adam: what fused=True gains")
     add("--workers", type=int, default=0,
         help="DataLoader workers of the conventional pipeline (0: PyTorch-GAN's default)")
+    add("--compile", action="store_true", help="also time each script with --compile (after --warmup steps)")
+    add("--baseline", metavar="DIR",
+        help="also time the scripts of another checkout (e.g. a git worktree of an older commit) in the same rounds")
+    add("--scripts-only", action="store_true", help="skip the model limit and the conventional pipeline")
     return parser.parse_args(argv)
 
 
@@ -85,14 +90,16 @@ def script_step(module, args, shape, n_classes, device):
     if getattr(args, "unfused_adam", False):   # PyTorch's default Adam: what fused=True gains
         opt_g, opt_d = (torch.optim.Adam(o.param_groups[0]["params"], **{**o.defaults, "fused": None})
                         if isinstance(o, torch.optim.Adam) else o for o in (opt_g, opt_d))
-    names = inspect.signature(module.train_step).parameters
+    parameters = inspect.signature(module.train_step).parameters.items()
+    names = [name for name, parameter in parameters if parameter.kind != parameter.KEYWORD_ONLY]
+    settings = {name: getattr(args, name) for name, parameter in parameters if parameter.kind == parameter.KEYWORD_ONLY}
     count = itertools.count()
 
     def step(real_images, real_labels):
         given = {"real_images": real_images, "real_labels": real_labels, "generator": generator,
                  "discriminator": discriminator, "critic": discriminator, "opt_g": opt_g, "opt_d": opt_d,
-                 "update_g": (next(count) + 1) % getattr(args, "n_critic", 1) == 0, "args": args}
-        module.train_step(**{name: given[name] for name in names})
+                 "update_g": (next(count) + 1) % getattr(args, "n_critic", 1) == 0}
+        module.train_step(**{name: given[name] for name in names}, **settings)
     return step
 
 
@@ -154,15 +161,15 @@ def conventional(name, module, args, data, options, device):
 PROGRESS = re.compile(r"step (\d+)/\d+ .* ([\d,.]+) img/s")
 
 
-def script_speed(name, args, options, device, workdir):
-    """Run the script itself; the images/s of each --log-every chunk after the warm-up, from its
-    progress lines (each gives the rate since the previous one)."""
-    command = [sys.executable, str(ROOT / f"{name}.py"), "--device", options.device, "--dataset", args.dataset,
+def script_speed(name, args, options, device, workdir, root=ROOT, extra=()):
+    """Run the script itself (the one in `root`, with `extra` flags); the images/s of each --log-every
+    chunk after the warm-up, from its progress lines (each gives the rate since the previous one)."""
+    command = [sys.executable, str(Path(root) / f"{name}.py"), "--device", options.device, "--dataset", args.dataset,
                "--data-root", str(Path(options.data_root).resolve()),
                "--max-steps", str(options.warmup + options.steps),
-               "--log-every", str(options.chunk), "--out", str(Path(workdir) / name)]
+               "--log-every", str(options.chunk), "--out", str(Path(workdir) / f"{name}-{len(extra)}"), *extra]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(options.threads)} if options.threads else {})}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     rates, previous = [], 0
@@ -196,17 +203,24 @@ def main(argv=None):
     # Each script's defaults, as its own parser gives them, with this run's data flags.
     script_args = {n: modules[n].parse_args(["--dataset", options.dataset, "--data-root", options.data_root])[0]
                    for n in names}
-    data, rates = {}, {n: {"script": [], "limit": [], "conventional": [], "unfused": []} for n in names}
+    data, rates = {}, {n: {"script": [], "limit": [], "conventional": [], "unfused": [], "before": [], "compiled": []}
+                       for n in names}
     with tempfile.TemporaryDirectory(prefix="speed_") as workdir:
         for round_ in range(options.repeat):
             for n in names:
                 args = script_args[n]
                 key = (args.dataset, args.img_size)
                 if key not in data:
-                    data[key] = common.load_data(args, device)
-                measured = {"limit": model_limit(n, modules[n], args, data[key], options, device),
-                            "conventional": conventional(n, modules[n], args, data[key], options, device),
-                            "script": script_speed(n, args, options, device, f"{workdir}/{round_}")}
+                    data[key] = imagedata.load_data(args, device)
+                measured = {} if options.scripts_only else {
+                    "limit": model_limit(n, modules[n], args, data[key], options, device),
+                    "conventional": conventional(n, modules[n], args, data[key], options, device)}
+                if options.baseline:   # before and after alternate, so that both see the same machine
+                    measured["before"] = script_speed(n, args, options, device, f"{workdir}/{round_}", options.baseline)
+                measured["script"] = script_speed(n, args, options, device, f"{workdir}/{round_}")
+                if options.compile:
+                    measured["compiled"] = script_speed(n, args, options, device, f"{workdir}/{round_}", ROOT,
+                                                        ["--compile"])
                 if options.unfused:
                     measured["unfused"] = model_limit(n, modules[n], args, data[key], options, device, True)
                 for what, chunk_rates in measured.items():
@@ -224,18 +238,23 @@ def table(rates, script_args, options, device):
     lines = [f"device {device}{threads}, torch {torch.__version__}, {options.dataset}; {options.warmup} warm-up steps, "
              f"then {options.steps // options.chunk} chunks of {options.chunk} steps, x{options.repeat} rounds; "
              f"conventional: DataLoader, {options.workers} workers"]
+    columns = [(w, w) for w in ("script", "limit", "conventional", "before", "compiled", "unfused") if rates_of(rates, w)]
+    ratios = [(a, b) for a, b in (("script", "limit"), ("script", "conventional"), ("script", "before"),
+                                  ("compiled", "script"), ("limit", "unfused")) if rates_of(rates, a) and rates_of(rates, b)]
     for summary, pick in (("best chunk", max), ("median chunk", statistics.median)):
-        lines += ["", f"{'img/s, ' + summary:22} {'batch':>5}  {'script':>8} {'limit':>8} {'convent.':>8}"
-                      f"  {'script/limit':>12} {'script/conv.':>12}"
-                      + (f"  {'unfused':>8} {'limit/unfused':>13}" if options.unfused else "")]
+        lines += ["", f"{'img/s, ' + summary:22} {'batch':>5}" + "".join(f" {w[:8]:>8}" for w, _ in columns)
+                  + "".join(f" {a[:6] + '/' + b[:6]:>13}" for a, b in ratios)]
         for n, measured in rates.items():
-            script, limit, conv = (pick(measured[w]) for w in ("script", "limit", "conventional"))
-            flag = "  below the 0.9x target" if script / limit < 0.9 and device.type == "cpu" else ""
-            lines.append(f"{n:22} {script_args[n].batch_size:>5}  {script:>8,.0f} {limit:>8,.0f} {conv:>8,.0f}"
-                         f"  {script / limit:>11.2f}x {script / conv:>11.2f}x"
-                         + (f"  {pick(measured['unfused']):>8,.0f} {limit / pick(measured['unfused']):>12.2f}x"
-                            if options.unfused else "") + flag)
+            value = {w: pick(measured[w]) for w, _ in columns}
+            flag = ("  below the 0.9x target" if "limit" in value and value["script"] / value["limit"] < 0.9
+                    and device.type == "cpu" else "")
+            lines.append(f"{n:22} {script_args[n].batch_size:>5}" + "".join(f" {value[w]:>8,.0f}" for w, _ in columns)
+                         + "".join(f" {value[a] / value[b]:>12.2f}x" for a, b in ratios) + flag)
     return "\n".join(lines)
+
+
+def rates_of(rates, what):
+    return any(measured[what] for measured in rates.values())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
+import imagedata  # noqa: E402
 
 torch.set_num_threads(1)   # tiny test networks: threads cost more than they give
 
@@ -99,7 +100,7 @@ def to_uint8(images):
 def state_tensors(checkpoint):
     """Every network tensor of a checkpoint (the moving average included), named "<network>.<parameter>"."""
     nets = [net for net in ("generator", "discriminator", "critic", "ema", "sampler") if net in checkpoint]
-    return {f"{net}.{k}": v for net in nets for k, v in checkpoint[net].items()}
+    return {f"{net}.{k}": v for net in nets for k, v in checkpoint[net].items() if torch.is_tensor(v)}
 
 
 def losses(out):
@@ -143,13 +144,21 @@ def interrupt_training(script, out):
 # ---------------------------------------------------------------------------------------------
 # The direction of learning: one call of a script's train_step on a fixed batch
 # ---------------------------------------------------------------------------------------------
+def step_settings(train_step, args):
+    """train_step's named settings (latent_dim, label_smoothing, ...) from the flags of the same names."""
+    return {name: getattr(args, name) for name, parameter in inspect.signature(train_step).parameters.items()
+            if parameter.kind == parameter.KEYWORD_ONLY}
+
+
 def call_train_step(module, nets, real_images, real_labels, args, step=0):
     """module.train_step with the arguments its main() gives it, matched by name."""
     generator, discriminator, opt_g, opt_d = nets
     given = {"real_images": real_images, "real_labels": real_labels, "generator": generator,
              "discriminator": discriminator, "critic": discriminator, "opt_g": opt_g, "opt_d": opt_d,
-             "update_g": (step + 1) % getattr(args, "n_critic", 1) == 0, "args": args}
-    return module.train_step(**{name: given[name] for name in inspect.signature(module.train_step).parameters})
+             "update_g": (step + 1) % getattr(args, "n_critic", 1) == 0}
+    positional = [name for name, parameter in inspect.signature(module.train_step).parameters.items()
+                  if parameter.kind != parameter.KEYWORD_ONLY]
+    return module.train_step(**{name: given[name] for name in positional}, **step_settings(module.train_step, args))
 
 
 def mean_score(discriminator, images, labels):
@@ -167,7 +176,7 @@ def learning_directions(module, flags=(), step=0, seed=0):
     Returns D's margin mean D(real) - mean D(fake) on fixed fakes of the old G, before and after the
     step, and the new D's mean score of G's images before and after G's update."""
     args = module.parse_args(["--dataset", "fake", *map(str, flags)])[0]
-    data = common.load_data(args, torch.device("cpu"))
+    data = imagedata.load_data(args, torch.device("cpu"))
     real_images, real_labels = next(data.batches(64, epoch=0, seed=seed))
     common.seed_everything(seed)
     nets = module.build(args, data.shape, data.n_classes, torch.device("cpu"))

@@ -15,8 +15,9 @@ import torchvision
 from PIL import Image
 
 import common
+import imagedata
 import cyclegan
-from conftest import load, run_inprocess, to_uint8, write_idx_dataset, write_image_folder
+from conftest import load, run_inprocess, step_settings, to_uint8, write_idx_dataset, write_image_folder
 
 # Tiny networks: the tests exercise the code, not the quality of the translations.
 SMALL = ["--width", "4", "--blocks", "1", "--log-every", "1"]
@@ -32,7 +33,7 @@ def tiny_mnist(root):
 def mnist_images(root, train):
     """The tiny MNIST's images and labels as torchvision's reader gives them."""
     flags = argparse.Namespace(dataset="mnist", data_root=root, img_size=28, batch_size=1, seed=0)
-    data = common.load_data(flags, CPU, train)
+    data = imagedata.load_data(flags, CPU, train)
     return data.images, data.labels
 
 
@@ -137,7 +138,7 @@ def test_thin2thick_a_is_the_first_half_b_the_second_half_thickened(tmp_path):
     # fake: the two halves of 512 made-up images, B thickened
     fake = cyclegan.load_unpaired(cyclegan.parse_args(["--dataset", "fake"])[0], CPU)
     assert len(fake.a.images) == len(fake.b.images) == 256
-    all_fake = common.load_data(argparse.Namespace(dataset="fake", img_size=28, batch_size=1, seed=0), CPU)
+    all_fake = imagedata.load_data(argparse.Namespace(dataset="fake", img_size=28, batch_size=1, seed=0), CPU)
     assert torch.equal(fake.a.images, all_fake.images[:256])
     assert torch.equal(fake.b.images, cyclegan.thicken(all_fake.images[256:]))
 
@@ -169,7 +170,7 @@ def test_train_step_logs_its_parts_and_the_g_loss_adds_them_with_the_lambdas():
     common.seed_everything(0)
     translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d = cyclegan.build(args, data.shape, data.n_classes, CPU)
     g, f, old_d_a, old_d_b = deepcopy(translator.g_ab), deepcopy(translator.g_ba), deepcopy(d_a), deepcopy(d_b)
-    logged = cyclegan.train_step(a, b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, args)
+    logged = cyclegan.train_step(a, b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, **step_settings(cyclegan.train_step, args))
     assert set(logged) == {"loss_d", "loss_g", "gan", "cycle", "identity"}
     with torch.no_grad():
         fake_b, fake_a = g(a), f(b)
@@ -255,11 +256,13 @@ def test_a_run_without_a_pool_trains(tmp_path):
 def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_path):
     """2 epochs of 8 steps (256 images per set, batch 32): the lr after each step, read from
     checkpoints stopped with --max-steps and resumed, and common.lr_factor itself."""
-    half = common.lr_factor("half", 16)
+    def schedule(decay, epochs=2, default_epochs=2):
+        return common.lr_factor(argparse.Namespace(lr_decay=decay, epochs=epochs, default_epochs=default_epochs), 16)
+    half = schedule("half")
     assert [half(k) for k in range(17)] == pytest.approx([1.0] * 9 + [1 - k / 8 for k in range(1, 9)])
-    linear = common.lr_factor("linear", 16)
+    linear = schedule("linear")
     assert [linear(k) for k in range(17)] == pytest.approx([1 - k / 16 for k in range(17)])
-    none = common.lr_factor("none", 16)
+    none = schedule("none")
     assert [none(k) for k in range(17)] == [1.0] * 17
     assert cyclegan.parse_args([])[0].lr_decay == "half" and cyclegan.parse_args([])[0].lr == 2e-4
 
@@ -336,7 +339,7 @@ def learning_directions(seed, flags=()):
     old_d_a, old_d_b = deepcopy(d_a), deepcopy(d_b)
     with torch.no_grad():
         old_fake_b, old_fake_a = translator.g_ab(a), translator.g_ba(b)
-    cyclegan.train_step(a, b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, args)
+    cyclegan.train_step(a, b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, **step_settings(cyclegan.train_step, args))
     with torch.no_grad():
         new_fake_b, new_fake_a = translator.g_ab(a), translator.g_ba(b)
     moved = {}

@@ -230,6 +230,28 @@ def test_the_classifier_trains_on_first_use_then_comes_from_the_cache(tmp_path, 
     assert torch.load(cache, weights_only=True)["dataset"] == "mnist"
 
 
+def test_the_shipped_mnist_classifier_is_the_one_evaluate_uses_on_mnist(tiny, tmp_path, capsys, monkeypatch):
+    shipped = torch.load(evaluate.SHIPPED / "evaluate_classifier_mnist.pt", map_location="cpu", weights_only=True)
+    assert shipped["dataset"] == "mnist" and shipped["test_accuracy"] >= evaluate.YARDSTICKS["mnist"]
+    assert len(shipped["data_sha256"]) == 64   # it serves only the MNIST it learnt from
+    # Tests never read MNIST: the tiny one poses as it, so evaluate.py must pass over the tiny cache too.
+    monkeypatch.setattr(evaluate, "data_sha256", lambda data: shipped["data_sha256"])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the shipped classifier serves this data")
+    monkeypatch.setattr(evaluate, "train_classifier", refuse)
+    noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (N_TEST, 1, 28, 28), dtype=np.uint8))
+    result = score(write_npz(tmp_path / "noise.npz", noise), tiny["root"], capsys, "--n", N_TEST)
+    expected = {}
+    for name, state in (("shipped", shipped), ("tiny", load(evaluate.classifier_path(tiny["root"], "mnist")))):
+        classifier = evaluate.Classifier(1, 10)
+        classifier.load_state_dict(state["state_dict"])
+        features = [evaluate.classify(classifier.eval(), images)[0] for images in (noise, tiny["test"])]
+        expected[name] = evaluate.frechet_distance_of(*features)
+    assert math.isclose(result["fd"], expected["shipped"], rel_tol=1e-9), (result["fd"], expected)
+    assert not math.isclose(expected["tiny"], expected["shipped"], rel_tol=1e-3)   # the check tells them apart
+
+
 # ---------------------------------------------------------------------------------------------
 # Run folders: samples drawn in memory from the generator the run's grids show
 # ---------------------------------------------------------------------------------------------

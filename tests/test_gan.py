@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import common
+import imagedata
 import gan
 from conftest import (interrupt_training, learning_directions, load, run_inprocess, run_subprocess, state_tensors,
                       to_uint8, write_idx_dataset)
@@ -32,7 +33,7 @@ def test_one_batch_on_fake_data_trains_both_networks(tmp_path):
 def test_one_batch_on_mnist_format_files(tmp_path, mnist_root):
     """torchvision's real MNIST reader parses the files; batches are cut from them in [-1, 1]."""
     args = gan.parse_args(["--data-root", str(mnist_root)])[0]
-    data = common.load_data(args, torch.device("cpu"))
+    data = imagedata.load_data(args, torch.device("cpu"))
     images, labels = write_idx_dataset(tmp_path / "again" / "MNIST")  # same seed: same content
     assert data.shape == (1, 28, 28) and len(data.images) == 128 and data.n_classes == 10
     assert torch.equal(data.images[:, 0], torch.from_numpy(images))
@@ -57,7 +58,7 @@ def test_compressed_raw_files_as_shipped_are_read(tmp_path):
     torchvision.datasets.MNIST.mirrors = ["http://127.0.0.1:9/"]   # never touch the network
     try:
         with pytest.raises(common.UserError, match=r"MNIST/raw"):
-            common.load_data(args, torch.device("cpu"))
+            imagedata.load_data(args, torch.device("cpu"))
     finally:
         torchvision.datasets.MNIST.mirrors = mirrors
 
@@ -88,8 +89,8 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
     for name, tensor in state_tensors(whole).items():
         assert torch.equal(tensor, state_tensors(parts)[name]), name
     assert torch.equal(whole["opt_g"]["state"][0]["exp_avg"], parts["opt_g"]["state"][0]["exp_avg"])
-    for name, tensor in whole["ema"].items():   # the moving average too, and the schedule
-        assert torch.equal(tensor, parts["ema"][name]), name
+    for name, tensor in whole["ema"].items():   # the moving average too (and its count), and the schedule
+        assert torch.equal(tensor, parts["ema"][name]) if torch.is_tensor(tensor) else tensor == parts["ema"][name], name
     assert whole["schedule_g"] == parts["schedule_g"]
     # losses.csv continues instead of starting again
     steps = [int(r.split(",")[0]) for r in (tmp_path / "parts" / "losses.csv").read_text().splitlines()[1:]]
@@ -175,8 +176,8 @@ def test_a_run_stopped_at_an_epoch_end_keeps_a_snapshot_of_that_epoch(tmp_path):
 def test_linear_decay_takes_both_learning_rates_to_zero_and_none_keeps_them(tmp_path):
     flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "2"]
     assert run_inprocess(gan.main, flags + ["--out", tmp_path / "linear", "--max-steps", "4"]) == 0
-    halfway = load(tmp_path / "linear" / "checkpoint.pt")
-    assert halfway["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 4 / 8))
+    halfway = load(tmp_path / "linear" / "checkpoint.pt")   # 2 of 50 epochs: the rate holds, then falls at the end
+    assert halfway["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
     assert run_inprocess(gan.main, ["--resume", tmp_path / "linear"]) == 0
     end = load(tmp_path / "linear" / "checkpoint.pt")
     assert end["opt_g"]["param_groups"][0]["lr"] == 0 and end["opt_d"]["param_groups"][0]["lr"] == 0
@@ -301,3 +302,18 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert "Traceback" not in stderr and "continue with: python gan.py --resume" in stdout
     step = load(out / "checkpoint.pt")["step"]
     assert step >= 1 and f"stopped at step {step}" in stdout
+
+
+def test_a_short_run_has_had_as_much_learning_rate_as_the_default_run_at_its_last_epoch():
+    """--lr-decay linear: the default 50-epoch run falls from its first step; a 5-epoch run holds the
+    rate and falls over its last tenth. At its end it has had the same total rate as the 50-epoch run
+    after 5 epochs, and it ends at 0 (annealed); 100 epochs fall over the whole run."""
+    def rates(epochs, steps_per_epoch=100):
+        args = gan.parse_args(["--epochs", str(epochs)])[0]
+        factor = common.lr_factor(args, steps_per_epoch * epochs)
+        return [factor(step) for step in range(steps_per_epoch * epochs + 1)]
+    long, short = rates(50), rates(5)
+    assert long[:3] == pytest.approx([1, 1 - 1 / 5000, 1 - 2 / 5000])   # falls from the first step
+    assert short[:450] == [1.0] * 450 and short[-1] == 0.0 and short[475] == pytest.approx(0.5)
+    assert sum(short[:500]) == pytest.approx(sum(long[:500]), rel=2e-3)
+    assert rates(100)[:2] == pytest.approx([1, 1 - 1 / 10000])

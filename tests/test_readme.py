@@ -1,6 +1,7 @@
-"""The README's code runs: its "Use a trained generator" block, on runs trained here for a step."""
+"""The README's code runs: its "Use a trained generator" blocks, on runs trained here for a step."""
 import re
 
+import pytest
 import torch
 
 import acgan
@@ -9,20 +10,31 @@ import gan
 from conftest import ROOT, run_inprocess
 
 
-def test_the_readme_s_generator_example_runs(tmp_path, monkeypatch):
+def test_the_readme_s_generator_examples_run(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## Use a trained generator.*?```python\n(.*?)```", readme, re.S)[1]
+    section = readme[readme.index("## Use a trained generator"):]
+    first, second = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
     fast = ["--dataset", "fake", "--max-steps", "1", "--batch-size", "16"]
-    assert run_inprocess(gan.main, fast + ["--out", tmp_path / "runs" / "gan"]) == 0
-    assert run_inprocess(acgan.main, fast + ["--width", "8", "--epochs", "50", "--snapshot-every", "50",
-                                             "--out", tmp_path / "runs" / "acgan"]) == 0
-    assert run_inprocess(cyclegan.main, fast + ["--width", "4", "--blocks", "1",
-                                                "--out", tmp_path / "runs" / "cyclegan"]) == 0
-    # The README names the last snapshot of a 50-epoch acgan run; this one stopped after a step.
-    (tmp_path / "runs" / "acgan" / "checkpoint.pt").rename(tmp_path / "runs" / "acgan" / "generator_epoch_050.pt")
+    # The first block runs right after the quickstart's `python gan.py --epochs 5`: only gan's run exists.
+    assert run_inprocess(gan.main, fast + ["--epochs", "5", "--out", tmp_path / "runs" / "gan"]) == 0
     monkeypatch.chdir(tmp_path)
     names = {}
-    exec(block, names)
+    exec(first, names)
     assert names["images"].shape == (16, 1, 28, 28) and names["images"].abs().max() <= 1
-    assert names["sevens"].shape == (16, 1, 32, 32)
+    assert not names["images"].requires_grad   # sampled under no_grad, as a user wants it
+    # The second after acgan's and cyclegan's runs, which the README names by their commands.
+    assert "`python acgan.py`" in section and "`python cyclegan.py`" in section
+    assert run_inprocess(acgan.main, fast + ["--width", "8", "--out", tmp_path / "runs" / "acgan"]) == 0
+    assert run_inprocess(cyclegan.main, fast + ["--width", "4", "--blocks", "1",
+                                                "--out", tmp_path / "runs" / "cyclegan"]) == 0
+    exec(second, names)
+    assert names["sevens"].shape == (16, 1, 32, 32) and not names["sevens"].requires_grad
     assert names["thick"].shape == (16, 1, 28, 28) and not torch.equal(names["thick"], names["images"])
+
+
+def test_load_generator_raises_ordinary_exceptions_in_a_library(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        gan.load_generator(tmp_path / "runs" / "gan" / "checkpoint.pt")
+    (tmp_path / "half.pt").write_bytes(b"half a file")
+    with pytest.raises(ValueError, match="cannot be read"):
+        gan.load_generator(tmp_path / "half.pt")

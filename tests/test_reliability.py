@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision
 
 import acgan
@@ -271,7 +272,7 @@ def test_periodic_checkpoint_survives_kill_9(tmp_path, capsys):
     capsys.readouterr()
     assert run_inprocess(gan.main, ["--resume", ckpt, "--max-steps", k + 2]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"resuming {ckpt}: fake, epoch 0 of 1000"
+    assert out[0] == f"resuming {ckpt}: fake, step {k}, 0 of 1000 epochs complete"
     progress = [line for line in out if line.startswith("epoch")]
     assert [line.split("  ")[:2] for line in progress] == [
         ["epoch 1/1000", f"step {k + 1}/{k + 2}"], ["epoch 1/1000", f"step {k + 2}/{k + 2}"]]
@@ -501,17 +502,19 @@ def test_bare_resume_and_generate_name_the_checkpoint_they_took(tmp_path, capsys
 
     capsys.readouterr()
     assert run_inprocess(gan.main, ["--resume", "--out", runs / "gan", "--max-steps", "9"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"resuming {newer / 'checkpoint.pt'}: fake, epoch 1 of 50"
+    assert capsys.readouterr().out.splitlines()[0] == (f"resuming {newer / 'checkpoint.pt'}: "
+                                                       "fake, step 8, 1 of 50 epochs complete")
     assert load(newer / "checkpoint.pt")["step"] == 9 and load(older / "checkpoint.pt")["step"] == 16
 
     assert run_inprocess(gan.main, ["--generate", "3", "--out", runs / "gan"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"generating from {newer / 'checkpoint.pt'}: fake, epoch 1 of 50"
+    assert out[0] == f"generating from {newer / 'checkpoint.pt'}: fake, step 9, 1 of 50 epochs complete"
     assert (newer / "generated.npz").is_file()
 
     os.utime(older / "checkpoint.pt")   # now the older run is the newest
     assert run_inprocess(gan.main, ["--generate", "3", "--out", runs / "gan"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"generating from {older / 'checkpoint.pt'}: fake, epoch 2 of 50"
+    assert capsys.readouterr().out.splitlines()[0] == (f"generating from {older / 'checkpoint.pt'}: "
+                                                         "fake, step 16, 2 of 50 epochs complete")
     assert (older / "generated.npz").is_file()
 
 
@@ -559,3 +562,113 @@ def check_every_default(parser, blocks):
         assert "default" in block and (str(action.default) in block or shown in block), (action.option_strings, block)
         checked += 1
     assert checked >= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. No surprises for a new user (issue 22): a run's folder is its own, sizes and seeds the
+#     machine cannot take are one line, and the small things a first run shows
+# ---------------------------------------------------------------------------------------------
+def new_run(out):
+    """A common.Run for a fresh run into `out`, as a script's main() makes it (no training)."""
+    args = gan.parse_args([*FAKE, "--out", str(out)])[0]
+    data = argparse.Namespace(steps_per_epoch=lambda batch_size: 8, n_classes=10, shape=(1, 28, 28),
+                              class_names=list("0123456789"))
+    return common.Run(args, data, None, {}, None, ())
+
+
+def test_two_runs_started_with_one_out_take_two_folders(tmp_path, capsys):
+    # The race: the second run starts while the first has claimed its folder but written nothing yet.
+    first, second = new_run(tmp_path / "run"), new_run(tmp_path / "run")
+    assert first.dir == tmp_path / "run" and second.dir == tmp_path / "run-2"
+    assert capsys.readouterr().out.splitlines()[::2] == [f"run folder: {tmp_path / 'run'}",
+                                                        f"run folder: {tmp_path / 'run-2'}"]
+
+
+def test_an_empty_folder_the_user_made_is_the_run_s(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    assert new_run(tmp_path / "mine").dir == tmp_path / "mine"
+    assert new_run(tmp_path / "mine").dir == tmp_path / "mine-2"   # now it is taken
+
+
+def test_out_naming_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "README.md").write_text("mine")
+    before = listing(tmp_path)
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", tmp_path / "README.md"]) == 2
+    assert one_line(capsys.readouterr().err).endswith(   # in-process the program's name is pytest's
+        f": error: --out {tmp_path / 'README.md'} is a file, not a folder; choose another --out")
+    assert listing(tmp_path) == before
+
+
+def test_an_immutable_empty_out_is_refused_before_any_step(tmp_path, make_unwritable):
+    (tmp_path / "frozen").mkdir()
+    frozen = make_unwritable(tmp_path / "frozen")
+    before = listing(tmp_path)
+    result = run_subprocess("gan.py", *FAKE, "--max-steps", "1", "--out", frozen)
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(rf"gan\.py: error: cannot write in {re.escape(str(frozen))} \([^)]+\); nothing was changed",
+                        one_line(result.stderr))
+    assert not any(line.startswith("epoch") for line in result.stdout.splitlines()), result.stdout
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("module, flags", [(gan, ["--latent-dim", "100000000"]), (dcgan, ["--width", "1000000"]),
+                                           (gan, ["--img-size", "100000"])])
+def test_sizes_too_large_for_the_machine_are_one_line(module, flags, tmp_path, capsys):
+    # Each asks for 25 GB to 20 TB at once: the allocator refuses at once, nothing is touched.
+    assert run_inprocess(module.main, [*FAKE, *flags, "--max-steps", "1", "--out", tmp_path / "run"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert re.fullmatch(r"\S+: error: not enough memory \(.+\): .*--batch-size.*--img-size.*--latent-dim.*--width.*",
+                        line), line
+    assert not (tmp_path / "run").exists()   # refused while building, before a run folder was claimed
+
+
+def test_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
+    step = gan.train_step
+
+    def step_then_fail(*args, **kwargs):   # CUDA's error, on step 11 (an epoch is 8 steps)
+        calls.append(1)
+        if len(calls) == 11:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return step(*args, **kwargs)
+    calls = []
+    monkeypatch.setattr(gan, "train_step", step_then_fail)
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, [*FAKE, "--out", out]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert ": error: not enough memory (CUDA out of memory" in line and "--batch-size" in line, line
+    assert line.endswith(f"the last checkpoint is kept: {out / 'checkpoint.pt'} (step 8)"), line
+    assert load(out / "checkpoint.pt")["step"] == 8
+
+
+@pytest.mark.parametrize("module", [gan, evaluate])
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1"])
+def test_a_seed_out_of_range_is_refused_by_the_flag(module, seed, capsys):
+    argv = ["somewhere"] if module is evaluate else FAKE
+    with pytest.raises(SystemExit) as exit:
+        module.parse_args([*argv, "--seed", seed])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"argument --seed: {seed!r} is not a whole number from 0 to 4294967295")
+
+
+def test_a_run_stopped_by_max_steps_says_its_step_not_epoch_0(tmp_path, capsys):
+    run = train(gan, tmp_path / "run", "--max-steps", "1", "--epochs", "1")
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--generate", "2", "--resume", run]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (f"generating from {run / 'checkpoint.pt'}: fake, "
+                                                       "step 1, 0 of 1 epochs complete")
+
+
+def test_one_class_is_not_1_classes(tmp_path, capsys):
+    root = tmp_path / "pictures"
+    write_image_folder(root, classes=("only",), per_class=8, mode="L")
+    for picture in (root / "only").iterdir():   # loose images: one class, named after the folder
+        picture.rename(root / picture.name)
+    assert run_inprocess(gan.main, ["--dataset", "folder", "--data-root", root, "--batch-size", "8",
+                                    "--max-steps", "1", "--out", tmp_path / "run"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "data: folder, 8 images, 1 class, 1 channel(s), 28 px"
+
+
+def test_the_venv_the_readme_makes_is_ignored_by_git():
+    result = subprocess.run(["git", "check-ignore", "-q", ".venv/bin/python"], cwd=ROOT)
+    assert result.returncode == 0, ".venv/ is not in .gitignore"
