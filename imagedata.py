@@ -27,7 +27,7 @@ from torchvision.transforms.functional import center_crop, resize
 
 from common import UserError
 
-try:   # torchvision 0.29 deprecates its decoders for torchcodec's: until they go, they save a third of the time
+try:   # torchvision 0.29 deprecates its decoders for torchcodec's: until they go, they spare PIL's Python overhead
     from torchvision.io import ImageReadMode, decode_image
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision.io.image")
 except ImportError:   # gone: PIL decodes everything
@@ -305,8 +305,7 @@ def _decode(root, names, size, grey, images):
 def _read(path, size, grey):
     """One image as uint8 (C, size, size): its shorter side resized to size (antialiased bilinear), then its
     centre square; None for a colour image in a set taken for grey. torchvision decodes PNG and JPEG
-    (C++, a third of PIL's time for a small JPEG); PIL the rest, and what torchvision refuses, with errors
-    that say what is wrong."""
+    (C++); PIL the rest, and what torchvision refuses, with errors that say what is wrong."""
     data = path.read_bytes()
     image = None
     if decode_image and data.startswith((b"\x89PNG", b"\xff\xd8")):

@@ -25,6 +25,10 @@ import imagedata  # noqa: E402
 torch.set_num_threads(1)   # tiny test networks: threads cost more than they give
 
 
+def pytest_configure(config):   # imagedata silences torchvision's decoder deprecation for users; pytest resets that
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:torchvision.io.image")
+
+
 def write_idx_dataset(folder, n_train=128, n_test=64, size=28, seed=0, compress=False):
     """A tiny dataset in MNIST's raw idx format (what torchvision's MNIST reader parses): grey
     images with a bright bar whose position is the class. Returns (train_images, train_labels)."""

@@ -22,7 +22,6 @@ import imagedata
 from conftest import load, run_inprocess, run_subprocess, write_image_folder
 
 CPU = torch.device("cpu")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision.io.image")   # users never see it
 
 
 @pytest.fixture(autouse=True)
