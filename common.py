@@ -210,8 +210,9 @@ def claim_folder(out):
     for path in (out if number == 1 else out.parent / f"{out.name}-{number}" for number in range(1, sys.maxsize)):
         try:
             path.mkdir(parents=True, exist_ok=True)
-            if not any(path.iterdir()):
-                return os.close(os.open(path / "losses.csv", os.O_CREAT | os.O_EXCL | os.O_WRONLY)) or path
+            if not any(path.iterdir()):   # empty: ours, unless another run creates its losses.csv first
+                os.close(os.open(path / "losses.csv", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return path
         except FileExistsError:   # a file of that name, or another run claimed the folder first
             continue
         except OSError as error:   # an unwritable parent, or an unwritable (immutable) empty folder

@@ -5,22 +5,19 @@ Two generators translate between two unpaired sets of images, G: A -> B and F: B
 by its own discriminator (D_B: a real B?, D_A: a real A?). Fooling D alone would let G map every a
 to any plausible b, so a cycle loss asks F(G(a)) = a and G(F(b)) = b: what G changes F must undo,
 which keeps the content and changes the style; an identity loss (G(b) = b, F(a) = a) keeps what
-need not change. The paper's setting: a ResNet G with InstanceNorm and reflection padding, a
-PatchGAN D, least-squares losses, lambda 10 (identity 0.5 lambda), a pool of 50 past fakes for D,
-Adam(2e-4, betas 0.5, 0.999), the rate constant for half the epochs, then linear to 0.
+need not change. As in the paper: a ResNet G, a PatchGAN D, least-squares losses, lambda 10, a pool
+of 50 past fakes, Adam(2e-4, 0.5, 0.999), the rate constant for half the epochs, then linear to 0.
 
 Where this file departs from the paper (a flag gives the paper's setting back):
 - --width 16, --blocks 3, --d-layers 2, --batch-size 16 and 1 epoch fit 28 px digits on a CPU (the
   paper: 64, 9, 3, 1 and 200 epochs at 256 px); --label-smoothing, --label-exchange: the LSGAN targets.
-- folder data gets the paper's augmentation, resized to 286/256 of --img-size, cropped back at random and
-  flipped left-right half the time, but per batch on the device, bilinear from the decoded --img-size
-  images (the paper: bicubic from the file); --no-augment: none. thin2thick has none (a flipped digit is not a digit).
+- folder data: the paper's resize to 286/256, random crop and flip, per batch on the device (bilinear from
+  the decoded images; the paper: bicubic from the file); --no-augment: none; thin2thick: none.
 
     python cyclegan.py --dataset thin2thick   # MNIST: thin strokes <-> thick ones, runs/cyclegan
     python cyclegan.py --dataset folder --data-root data/horse2zebra --img-size 256 --width 64 \\
         --blocks 9 --d-layers 3 --batch-size 1 --epochs 200 --device cuda          # the paper's
-    python cyclegan.py --generate 100         # translate test images both ways (folder: testA/, testB/, else
-                                              # the training images, as it says): generated.npz
+    python cyclegan.py --generate 100         # translate test images (else training ones) both ways
     python evaluate.py runs/cyclegan          # the digit kept, FD both ways, the cycle error
 """
 import argparse
