@@ -13,7 +13,7 @@ Where this file departs from the paper or common implementations (a flag, where 
   so D does not learn G's early mistakes as classes that G is then rewarded for.
 - --spectral-norm (not BatchNorm) in D and --label-smoothing 0.1 keep D from overpowering G.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over the run (at E < 50 epochs, over its last E/50).
+- --lr-decay linear: the rates fall to 0 over 50 epochs (a shorter run is the 50-epoch run's start).
 
     python acgan.py --epochs 50 --compile     # MNIST at 32x32; one grid row per class, runs/acgan
     python acgan.py --generate 100 --label 7  # sevens from the newest run

@@ -95,7 +95,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--epochs", type=positive_int, default=epochs, help="passes over the data (the lr schedule ends with them)")
     add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
     add("--lr-decay", choices=("linear", "half", "none"), default=lr_decay,
-        help=f"linear: to 0 over the whole run at --epochs {epochs} or more, over its last E/{epochs} at E epochs; "
+        help=f"linear: to 0 at the end of a {epochs}-epoch run (or of a longer run), so a shorter run is its start; "
              "half: constant, then linear to 0 over the second half; none: constant")
     add("--ema", type=fraction, default=ema, metavar="DECAY",
         help="grids, snapshots and --generate use a moving average of G's weights (0: G itself)")
@@ -252,11 +252,13 @@ def load_checkpoint(path, script):
 
 def lr_factor(args, total_steps):
     """LambdaLR's factor after `step` of the run's `total_steps`, for --lr-decay. linear: the rate falls to 0
-    over the last min(1, E / E0) of a run of E epochs (E0: the script's default): the default run falls from
-    its first step, a shorter one holds the rate and falls over a shorter tail, so at every epoch it has
-    had as much learning rate as the default run had there, and it ends annealed."""
-    fraction = {"linear": min(1.0, args.epochs / args.default_epochs), "half": 0.5, "none": 0.0}[args.lr_decay]
-    start = total_steps - math.ceil(total_steps * fraction)   # where the fall begins
+    at the last step of the default run (E0 epochs, the script's default), or of this run if longer. A run of
+    E < E0 epochs is then the first E epochs of the default run, step for step, and ends exactly where the
+    default run is at epoch E. half: constant, then linear to 0 over the run's second half. none: constant."""
+    if args.lr_decay == "linear":
+        horizon = total_steps * max(args.epochs, args.default_epochs) / args.epochs   # the default run's steps
+        return lambda step: max(0.0, 1 - step / max(1, horizon))
+    start = total_steps // 2 if args.lr_decay == "half" else total_steps   # where the fall begins
     return lambda step: 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, total_steps - start))
 
 

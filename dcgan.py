@@ -12,8 +12,8 @@ Where this file departs from the paper (where a flag exists, its other setting i
 - --width 32, half the paper's 64: a quarter of the computation, so 25 MNIST epochs fit a CPU.
 - --spectral-norm in D instead of BatchNorm: with BatchNorm, D overpowers G after about 15 epochs.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over the run, so late epochs refine; at E < 25 epochs, over
-  its last E/25, so a short run is not slowed (it has had the default run's rate at that epoch).
+- --lr-decay linear: the rates fall to 0 over 25 epochs, so late epochs refine; a shorter run is
+  the start of the 25-epoch run, step for step, so it ends as good as that run is at its epoch.
 
     python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
     python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces

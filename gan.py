@@ -7,8 +7,8 @@ and G learns to make D call its images real. Both are MLPs on flattened images.
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - G minimises -log D(G(z)), the non-saturating loss the paper suggests, not log(1 - D(G(z))).
 - --ema 0.9999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over the run, so late epochs refine; at E < 50 epochs, over
-  its last E/50, so a short run is not slowed (it has had the default run's rate at that epoch).
+- --lr-decay linear: the rates fall to 0 over 50 epochs, so late epochs refine; a shorter run is
+  the start of the 50-epoch run, step for step, so it ends as good as that run is at its epoch.
 - --label-smoothing S and --label-exchange P: two training tricks, off by default.
 
     python gan.py --epochs 50                 # MNIST: grids, snapshots and checkpoint.pt in runs/gan
