@@ -148,30 +148,42 @@ def folder_images(root, size):
         raise UserError(f"--data-root {root} is not a folder")
     with os.scandir(root) as entries:
         folders = sorted(e.name for e in entries if e.is_dir() and e.name != CACHE_FOLDER)
-    listed = [(c, files) for c in folders if (files := _image_files(root / c))]
-    loose = _image_files(root)
+    listed = [(c, found) for c in folders if (found := _image_names(root / c))]
+    loose = _image_names(root)
     if listed and loose:
         raise UserError(f"{root} holds class sub-folders and, beside them, {len(loose)} image(s) that would be "
                         "ignored; move those into a sub-folder (a class) of their own")
     if not listed and not loose:
         raise UserError(f"{root} holds no images (expected class sub-folders of .png/.jpg files)")
     classes = [c for c, _ in listed] or [root.name]
-    files = [(f"{c}/{name}", *stat) for c, found in listed for name, *stat in found] or loose
+    names = [f"{c}/{name}" for c, found in listed for name in found] or loose
     counts = [len(found) for _, found in listed] or [len(loose)]
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, size, files]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, size]).encode() + "\0".join(names).encode()
+                         + _sizes_and_times(root, names).tobytes()).hexdigest()[:16]
     places = _cache_places(root, size)
     images = next((found for folder, stem in places
-                   if (found := _read_cache(folder / f"{stem}-{key}", len(files), size)) is not None), None)
+                   if (found := _read_cache(folder / f"{stem}-{key}", len(names), size)) is not None), None)
     if images is None:
-        images = _decode_and_cache(root, [name for name, *_ in files], size, places, key, classes, counts)
+        images = _decode_and_cache(root, names, size, places, key, classes, counts)
     return torch.from_numpy(images), torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)), classes
 
 
-def _image_files(folder):
-    """(name, bytes, mtime in ns) of each image file directly in `folder`, sorted by name."""
+def _image_names(folder):
+    """The names of the image files directly in `folder`, sorted."""
     with os.scandir(folder) as entries:
-        found = [(e.name, e.stat()) for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()]
-    return sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in found)
+        return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file())
+
+
+def _sizes_and_times(root, names):
+    """int64 (N, 2): each file's size and modification time in ns. A thread per core stats the files (a
+    stat releases the GIL), as git does for its index: one thread takes seconds for 200,000 files."""
+    def stat(chunk):
+        return [(info.st_size, info.st_mtime_ns) for info in map(os.stat, chunk)]
+    prefix = f"{root}{os.sep}"
+    paths = [prefix + name for name in names]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        rows = [row for part in pool.map(stat, [paths[i:i + 4096] for i in range(0, len(paths), 4096)]) for row in part]
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def _cache_places(root, size):

@@ -25,6 +25,15 @@ import imagedata  # noqa: E402
 torch.set_num_threads(1)   # tiny test networks: threads cost more than they give
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Folder caches (imagedata) go to a temporary folder, in-process and in subprocesses: the tests
+    never write into the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 def pytest_configure(config):   # imagedata silences torchvision's decoder deprecation for users; pytest resets that
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:torchvision.io.image")
 
