@@ -1,12 +1,11 @@
 """CycleGAN: Zhu, Park, Isola and Efros, "Unpaired Image-to-Image Translation using Cycle-Consistent
 Adversarial Networks", ICCV 2017 (arXiv:1703.10593).
 
-Two generators translate between two unpaired sets of images, G: A -> B and F: B -> A, each judged
-by its own discriminator (D_B: a real B?, D_A: a real A?). Fooling D alone would let G map every a
-to any plausible b, so a cycle loss asks F(G(a)) = a and G(F(b)) = b: what G changes F must undo,
-which keeps the content and changes the style; an identity loss (G(b) = b, F(a) = a) keeps what
-need not change. As in the paper: a ResNet G, a PatchGAN D, least-squares losses, lambda 10, a pool
-of 50 past fakes, Adam(2e-4, 0.5, 0.999), the rate constant for half the epochs, then linear to 0.
+Two generators translate between two unpaired sets of images, G: A -> B and F: B -> A, each judged by
+its own discriminator (D_B: a real B?, D_A: a real A?). Fooling D alone would let G map every a to any
+plausible b, so a cycle loss asks F(G(a)) = a and G(F(b)) = b (what G changes F must undo: the content
+stays, the style changes); an identity loss (G(b) = b) keeps what need not change. As in the paper: a
+ResNet G, a PatchGAN D, least squares, lambda 10, a pool of 50 fakes, Adam(2e-4, 0.5, 0.999), half-constant lr.
 
 Where this file departs from the paper (a flag gives the paper's setting back):
 - --width 16, --blocks 3, --d-layers 2, --batch-size 16 and 1 epoch fit 28 px digits on a CPU (the
