@@ -326,4 +326,10 @@ def test_a_short_run_is_the_start_of_the_default_run(tmp_path):
         assert run_inprocess(gan.main, FAST + ["--epochs", epochs, "--snapshot-every", "1", "--out", out]) == 0
     short_end, long_epoch_1 = load(runs[1] / "checkpoint.pt"), load(runs[2] / "generator_epoch_001.pt")
     assert all(torch.equal(short_end["sampler"][k], v) for k, v in long_epoch_1["sampler"].items())
-    assert not torch.equal(short_end["sampler"]["net.0.weight"], load(runs[2] / "checkpoint.pt")["sampler"]["net.0.weight"])
+    long_end = load(runs[2] / "checkpoint.pt")
+    assert not torch.equal(short_end["sampler"]["net.0.weight"], long_end["sampler"]["net.0.weight"])
+    # ... and `--resume --epochs 2` continues the 1-epoch run into the 2-epoch run, bit for bit.
+    assert run_inprocess(gan.main, ["--resume", runs[1] / "checkpoint.pt", "--epochs", "2"]) == 0
+    resumed = load(runs[1] / "checkpoint.pt")
+    for part in ("generator", "discriminator", "sampler"):
+        assert all(torch.equal(resumed[part][k], v) for k, v in long_end[part].items()), part
