@@ -241,7 +241,8 @@ def main(argv=None):
     # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics
     ema = common.EMA(generator, args.ema)
     common.compile_networks(args, device, generator, discriminator)   # --compile
-    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    steps = data.steps_per_epoch(args.batch_size)   # a short run follows the default run's schedule
+    decay = common.lr_factor(args, total_steps=steps * args.epochs, default_steps=steps * args.default_epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same inputs for every grid: row k shows class k, each column one z drawn as every class
     fixed_noise = torch.randn(10, args.latent_dim, device=device).repeat(data.n_classes, 1)   # (K*10, latent)

@@ -92,7 +92,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--data-root", default="data", help="where datasets live (torchvision's layout)")
     add("--img-size", type=positive_int, default=img_size, help="images are resized to this square size")
     add("--batch-size", type=positive_int, default=batch_size, help="images per step")
-    add("--epochs", type=positive_int, default=epochs, help="passes over the data (the lr schedule ends with them)")
+    add("--epochs", type=positive_int, default=epochs, help="passes over the data (--lr-decay linear: see there)")
     add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
     add("--lr-decay", choices=("linear", "half", "none"), default=lr_decay,
         help=f"linear: to 0 at the end of a {epochs}-epoch run (or of a longer run), so a shorter run is its start; "
@@ -250,13 +250,14 @@ def load_checkpoint(path, script):
     return checkpoint
 
 
-def lr_factor(args, total_steps):
-    """LambdaLR's factor after `step` of the run's `total_steps`, for --lr-decay. linear: the rate falls to 0
-    at the last step of the default run (E0 epochs, the script's default), or of this run if longer. A run of
-    E < E0 epochs is then the first E epochs of the default run, step for step, and ends exactly where the
-    default run is at epoch E. half: constant, then linear to 0 over the run's second half. none: constant."""
+def lr_factor(args, total_steps, default_steps):
+    """LambdaLR's factor after `step` of a run of `total_steps`, for --lr-decay. linear: the rate falls to 0
+    at the last step of the default run (`default_steps`: a run of the script's default --epochs), or of
+    this run if it is longer. A shorter run is then the default run's start, step for step, and ends
+    exactly where the default run is at its last epoch. half: constant, then linear to 0 over the run's
+    second half. none: constant."""
     if args.lr_decay == "linear":
-        horizon = total_steps * max(args.epochs, args.default_epochs) / args.epochs   # the default run's steps
+        horizon = max(total_steps, default_steps)
         return lambda step: max(0.0, 1 - step / max(1, horizon))
     start = total_steps // 2 if args.lr_decay == "half" else total_steps   # where the fall begins
     return lambda step: 1.0 if step < start else max(0.0, 1 - (step - start) / max(1, total_steps - start))

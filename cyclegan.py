@@ -373,7 +373,8 @@ def main(argv=None):
     # Grids, snapshots and --generate use a moving average of the generators (--ema 0: the generators)
     ema = common.EMA(translator, args.ema)
     common.compile_networks(args, device, translator.g_ab, translator.g_ba, d_a, d_b)   # --compile
-    decay = common.lr_factor(args, total_steps=data.steps_per_epoch(args.batch_size) * args.epochs)
+    steps = data.steps_per_epoch(args.batch_size)   # a short run follows the default run's schedule
+    decay = common.lr_factor(args, total_steps=steps * args.epochs, default_steps=steps * args.default_epochs)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     # The same images for every grid: rows a, G(a), F(G(a)), b, F(b), G(F(b))
     fixed_a, fixed_b = (d.images[:8].to(device).float().div(127.5).sub(1) for d in (data.a, data.b))

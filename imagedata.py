@@ -158,7 +158,7 @@ def folder_images(root, size):
     classes = [c for c, _ in listed] or [root.name]
     names = [f"{c}/{name}" for c, found in listed for name in found] or loose
     counts = [len(found) for _, found in listed] or [len(loose)]
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, size]).encode() + "\0".join(names).encode()
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, size, len(names)]).encode() + "\0".join(names).encode()
                          + _sizes_and_times(root, names).tobytes()).hexdigest()[:16]
     places = _cache_places(root, size)
     images = next((found for folder, stem in places
@@ -178,7 +178,10 @@ def _sizes_and_times(root, names):
     """int64 (N, 2): each file's size and modification time in ns. A thread per core stats the files (a
     stat releases the GIL), as git does for its index: one thread takes seconds for 200,000 files."""
     def stat(chunk):
-        return [(info.st_size, info.st_mtime_ns) for info in map(os.stat, chunk)]
+        try:
+            return [(info.st_size, info.st_mtime_ns) for info in map(os.stat, chunk)]
+        except OSError as error:   # removed or unreadable since the listing
+            raise UserError(f"{error.filename} cannot be read ({error.strerror})") from None
     prefix = f"{root}{os.sep}"
     paths = [prefix + name for name in names]
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:

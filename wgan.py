@@ -196,9 +196,10 @@ def main(argv=None):
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
     ema = common.EMA(generator, args.ema)
     common.compile_networks(args, device, generator, critic)   # --compile
-    total_steps = data.steps_per_epoch(args.batch_size) * args.epochs
-    g_turns = g_update_steps(total_steps, args.n_critic, args.critic_boost)
-    decay = common.lr_factor(args, total_steps=len(g_turns))
+    steps = data.steps_per_epoch(args.batch_size)
+    g_turns = g_update_steps(steps * args.epochs, args.n_critic, args.critic_boost)
+    default_turns = g_update_steps(steps * args.default_epochs, args.n_critic, args.critic_boost)
+    decay = common.lr_factor(args, total_steps=len(g_turns), default_steps=len(default_turns))
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,

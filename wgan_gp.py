@@ -178,8 +178,9 @@ def main(argv=None):
     # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
     ema = common.EMA(generator, args.ema)
     common.compile_networks(args, device, generator)   # --compile: G only, as the penalty differentiates D twice
-    g_steps = data.steps_per_epoch(args.batch_size) * args.epochs // args.n_critic
-    decay = common.lr_factor(args, total_steps=g_steps)
+    steps = data.steps_per_epoch(args.batch_size)
+    g_steps = steps * args.epochs // args.n_critic
+    decay = common.lr_factor(args, total_steps=g_steps, default_steps=steps * args.default_epochs // args.n_critic)
     schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
     state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,

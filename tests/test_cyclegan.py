@@ -257,7 +257,7 @@ def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_
     """2 epochs of 8 steps (256 images per set, batch 32): the lr after each step, read from
     checkpoints stopped with --max-steps and resumed, and common.lr_factor itself."""
     def schedule(decay, epochs=2, default_epochs=2):
-        return common.lr_factor(argparse.Namespace(lr_decay=decay, epochs=epochs, default_epochs=default_epochs), 16)
+        return common.lr_factor(argparse.Namespace(lr_decay=decay), 8 * epochs, 8 * default_epochs)
     half = schedule("half")
     assert [half(k) for k in range(17)] == pytest.approx([1.0] * 9 + [1 - k / 8 for k in range(1, 9)])
     linear = schedule("linear")

@@ -3,6 +3,7 @@ another --img-size or damage makes stale), read-only folders, bad images named, 
 memory giving the batches and the exact resume the device path gives, and cyclegan's augmentation
 of folder data. Every dataset here is a few small images written by the test."""
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -249,6 +250,21 @@ def test_an_unreadable_image_is_named_in_one_line(tmp_path, user_cache, bad):
 # ---------------------------------------------------------------------------------------------
 # 3. Data kept in host memory: the same batches, the same exact resume
 # ---------------------------------------------------------------------------------------------
+def test_a_file_gone_between_listing_and_stat_is_named_in_one_line(tmp_path, monkeypatch):
+    """dogs/2.png is listed, then deleted before the stats that key the cache."""
+    root = write_image_folder(tmp_path / "pets", per_class=4, size=40)
+    gone, list_names = root / "dogs" / "2.png", imagedata._image_names
+
+    def listed_then_deleted(folder):
+        names = list_names(folder)
+        if folder == gone.parent:
+            gone.unlink()
+        return names
+    monkeypatch.setattr(imagedata, "_image_names", listed_then_deleted)
+    with pytest.raises(imagedata.UserError, match=re.escape(f"{gone} cannot be read")):
+        imagedata.folder_images(root, 32)
+
+
 def test_host_memory_batches_are_bit_identical_to_device_batches(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "pets", classes=("cats", "dogs", "owls"), per_class=11, size=20)
     images, labels, classes = imagedata.folder_images(root, 16)

@@ -309,11 +309,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
 def test_a_short_run_is_the_start_of_the_default_run(tmp_path):
     """--lr-decay linear falls to 0 at the end of the default 50-epoch run, whatever --epochs says: a
     5-epoch run has the default run's rate at every step, so it ends where the default run is at epoch 5
-    (issue: a 5-epoch run that decayed to 0 on its own ended 2x worse than that snapshot). 100 epochs
+    (a 5-epoch run whose rate fell to 0 over its own 5 epochs ended 2x worse than that). 100 epochs
     stretch the fall over the whole run."""
     def rates(epochs, steps_per_epoch=100):
         args = gan.parse_args(["--epochs", str(epochs)])[0]
-        factor = common.lr_factor(args, steps_per_epoch * epochs)
+        factor = common.lr_factor(args, steps_per_epoch * epochs, steps_per_epoch * args.default_epochs)
         return [factor(step) for step in range(steps_per_epoch * epochs + 1)]
     long, short = rates(50), rates(5)
     assert long[:3] == pytest.approx([1, 1 - 1 / 5000, 1 - 2 / 5000]) and long[-1] == 0.0
@@ -325,6 +325,7 @@ def test_a_short_run_is_the_start_of_the_default_run(tmp_path):
     for epochs, out in runs.items():
         assert run_inprocess(gan.main, FAST + ["--epochs", epochs, "--snapshot-every", "1", "--out", out]) == 0
     short_end, long_epoch_1 = load(runs[1] / "checkpoint.pt"), load(runs[2] / "generator_epoch_001.pt")
+    assert short_end["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * (1 - 8 / 400))   # 8 of 400 steps
     assert all(torch.equal(short_end["sampler"][k], v) for k, v in long_epoch_1["sampler"].items())
     long_end = load(runs[2] / "checkpoint.pt")
     assert not torch.equal(short_end["sampler"]["net.0.weight"], long_end["sampler"]["net.0.weight"])
