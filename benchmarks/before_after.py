@@ -5,11 +5,19 @@ after in turn, round after round. The difference of the two runs' user + system 
 steps is the cost of a step: start-up, data loading, the first steps' warm-up and the run's end cancel
 out. CPU time, not wall time, so another job on the other core disturbs it far less (caches excepted).
 
+With --chunks, each checkout instead runs S2 steps (or --max-steps), logging every (S2 - S1) / 10 steps
+(or --log-every), and a step's cost is read from the script's own progress lines: their img/s is the
+wall clock between two lines, so start-up is left out by construction, and the first two lines are
+dropped as warm-up. The figure is the median line of all rounds; on an idle core the steadier method.
+
     git worktree add /tmp/before 204be35        # the commit to compare with
     python benchmarks/before_after.py /tmp/before --rounds 2
+    taskset -c 1 python benchmarks/before_after.py /tmp/before --scripts dcgan acgan --rounds 3 --chunks
+    taskset -c 1 python benchmarks/before_after.py /tmp/before --scripts dcgan --rounds 3 --chunks --max-steps 200 --log-every 20
 """
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -22,16 +30,18 @@ PLAN = {"gan": (100, 600), "cgan": (100, 600), "acgan": (50, 250), "wgan": (100,
         "dcgan": (20, 100), "cyclegan": (10, 60)}   # (S1, S2) steps: S2 - S1 takes about a minute
 
 
-def cpu_seconds(root, script, steps, data_root):
-    """User + system CPU seconds of `python script.py --max-steps steps` in checkout `root`."""
+def cpu_seconds(root, script, steps, data_root, log_every=100000):
+    """User + system CPU seconds of `python script.py --max-steps steps` in checkout `root`, and the
+    img/s of its progress lines."""
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, f"{root}/{script}.py", "--device", "cpu", "--data-root", str(data_root),
-                        "--dataset", "thin2thick" if script == "cyclegan" else "mnist", "--max-steps", str(steps),
-                        "--log-every", "100000", "--out", f"{out}/run"], cwd=root, check=True, capture_output=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run([sys.executable, f"{root}/{script}.py", "--device", "cpu", "--data-root", str(data_root),
+                               "--dataset", "thin2thick" if script == "cyclegan" else "mnist", "--max-steps", str(steps),
+                               "--log-every", str(log_every), "--out", f"{out}/run"], cwd=root, check=True,
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    rates = [float(rate.replace(",", "")) for rate in re.findall(r"([\d,.]+) img/s", done.stdout)]
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, rates
 
 
 def main(argv=None):
@@ -40,16 +50,26 @@ def main(argv=None):
     parser.add_argument("--scripts", nargs="+", default=list(PLAN), choices=PLAN)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data-root", default=ROOT / "data", type=Path)
+    parser.add_argument("--chunks", action="store_true", help="read a step's cost from the progress lines")
+    parser.add_argument("--max-steps", type=int, help="with --chunks: steps per run (default: the script's S2)")
+    parser.add_argument("--log-every", type=int, help="with --chunks: steps per progress line (default: (S2 - S1) / 10)")
     options = parser.parse_args(argv)
     for script in options.scripts:
         s1, s2 = PLAN[script]
         batch = {"dcgan": 128, "cyclegan": 16}.get(script, 64)
-        per_step = {"before": [], "after": []}
+        per_step, lines = {"before": [], "after": []}, {"before": [], "after": []}
         for _ in range(options.rounds):
             for name, root in (("before", options.before), ("after", ROOT)):
-                seconds = cpu_seconds(root, script, s2, options.data_root.resolve())
-                per_step[name].append((seconds - cpu_seconds(root, script, s1, options.data_root.resolve())) / (s2 - s1))
-        old, new = (statistics.median(per_step[name]) for name in ("before", "after"))
+                if options.chunks:   # seconds per step of each progress line after the first two
+                    rates = cpu_seconds(root, script, options.max_steps or s2, options.data_root.resolve(),
+                                        options.log_every or (s2 - s1) // 10)[1][2:]
+                    per_step[name].append(statistics.median(batch / rate for rate in rates))
+                    lines[name] += [batch / rate for rate in rates]
+                    continue
+                seconds, _ = cpu_seconds(root, script, s2, options.data_root.resolve())
+                seconds_s1, _ = cpu_seconds(root, script, s1, options.data_root.resolve())
+                per_step[name].append((seconds - seconds_s1) / (s2 - s1))
+        old, new = (statistics.median(lines[name] if options.chunks else per_step[name]) for name in ("before", "after"))
         print(f"{script:9} batch {batch:4}  before {1000 * old:6.1f} ms/step {batch / old:6,.0f} img/s  after "
               f"{1000 * new:6.1f} ms/step {batch / new:6,.0f} img/s  {old / new:4.2f}x  (rounds: "
               + " ".join(f"{o / n:.2f}x" for o, n in zip(per_step["before"], per_step["after"])) + ")", flush=True)
