@@ -5,10 +5,13 @@ after in turn, round after round. The difference of the two runs' user + system 
 steps is the cost of a step: start-up, data loading, the first steps' warm-up and the run's end cancel
 out. CPU time, not wall time, so another job on the other core disturbs it far less (caches excepted).
 
-With --chunks, each checkout instead runs S2 steps (or --max-steps), logging every (S2 - S1) / 10 steps
-(or --log-every), and a step's cost is read from the script's own progress lines: their img/s is the
-wall clock between two lines, so start-up is left out by construction, and the first two lines are
-dropped as warm-up. The figure is the median line of all rounds; on an idle core the steadier method.
+With --chunks, each checkout instead runs S2 steps (or --max-steps), logging every (S2 - S1) // 10
+steps (or --log-every), and a step's cost is read from the script's own progress lines: their img/s
+is the wall clock between two lines, so start-up is left out by construction. Only lines that cover a
+whole interval count (an epoch's end or the run's end can print a shorter one), and a run's first
+two are dropped as warm-up. Wall clock, so use it on an idle core, where it is the steadier method.
+The headline is the median line of all rounds; each round's ratio is of that round's median lines,
+so the headline can fall outside the rounds when the rounds' lines are spread unevenly.
 
     git worktree add /tmp/before 204be35        # the commit to compare with
     python benchmarks/before_after.py /tmp/before --rounds 2
@@ -32,7 +35,7 @@ PLAN = {"gan": (100, 600), "cgan": (100, 600), "acgan": (50, 250), "wgan": (100,
 
 def cpu_seconds(root, script, steps, data_root, log_every=100000):
     """User + system CPU seconds of `python script.py --max-steps steps` in checkout `root`, and the
-    img/s of its progress lines."""
+    img/s of its progress lines that cover log_every steps each."""
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run([sys.executable, f"{root}/{script}.py", "--device", "cpu", "--data-root", str(data_root),
@@ -40,7 +43,9 @@ def cpu_seconds(root, script, steps, data_root, log_every=100000):
                                "--log-every", str(log_every), "--out", f"{out}/run"], cwd=root, check=True,
                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rates = [float(rate.replace(",", "")) for rate in re.findall(r"([\d,.]+) img/s", done.stdout)]
+    lines = [(int(step), float(rate.replace(",", "")))
+             for step, rate in re.findall(r"step (\d+)/\d+ .* ([\d,]+) img/s", done.stdout)]
+    rates = [rate for (previous, _), (step, rate) in zip([(0, 0)] + lines, lines) if step - previous == log_every]
     return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, rates
 
 
@@ -52,8 +57,10 @@ def main(argv=None):
     parser.add_argument("--data-root", default=ROOT / "data", type=Path)
     parser.add_argument("--chunks", action="store_true", help="read a step's cost from the progress lines")
     parser.add_argument("--max-steps", type=int, help="with --chunks: steps per run (default: the script's S2)")
-    parser.add_argument("--log-every", type=int, help="with --chunks: steps per progress line (default: (S2 - S1) / 10)")
+    parser.add_argument("--log-every", type=int, help="with --chunks: steps per progress line (default: (S2 - S1) // 10)")
     options = parser.parse_args(argv)
+    if not options.chunks and (options.max_steps or options.log_every):
+        parser.error("--max-steps and --log-every go with --chunks")
     for script in options.scripts:
         s1, s2 = PLAN[script]
         batch = {"dcgan": 128, "cyclegan": 16}.get(script, 64)
@@ -63,6 +70,9 @@ def main(argv=None):
                 if options.chunks:   # seconds per step of each progress line after the first two
                     rates = cpu_seconds(root, script, options.max_steps or s2, options.data_root.resolve(),
                                         options.log_every or (s2 - s1) // 10)[1][2:]
+                    if not rates or min(rates) <= 0:
+                        sys.exit(f"{script}: no whole progress line after the first two; raise --max-steps "
+                                 "or lower --log-every")
                     per_step[name].append(statistics.median(batch / rate for rate in rates))
                     lines[name] += [batch / rate for rate in rates]
                     continue
@@ -70,7 +80,8 @@ def main(argv=None):
                 seconds_s1, _ = cpu_seconds(root, script, s1, options.data_root.resolve())
                 per_step[name].append((seconds - seconds_s1) / (s2 - s1))
         old, new = (statistics.median(lines[name] if options.chunks else per_step[name]) for name in ("before", "after"))
-        print(f"{script:9} batch {batch:4}  before {1000 * old:6.1f} ms/step {batch / old:6,.0f} img/s  after "
+        method = "progress lines (wall clock)" if options.chunks else "CPU time"
+        print(f"{script:9} batch {batch:4}  {method}  before {1000 * old:6.1f} ms/step {batch / old:6,.0f} img/s  after "
               f"{1000 * new:6.1f} ms/step {batch / new:6,.0f} img/s  {old / new:4.2f}x  (rounds: "
               + " ".join(f"{o / n:.2f}x" for o, n in zip(per_step["before"], per_step["after"])) + ")", flush=True)
 
