@@ -43,10 +43,15 @@ def cpu_seconds(root, script, steps, data_root, log_every=100000):
                                "--log-every", str(log_every), "--out", f"{out}/run"], cwd=root, check=True,
                               capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, whole_lines(done.stdout, log_every)
+
+
+def whole_lines(stdout, log_every):
+    """The img/s of the progress lines in stdout that cover log_every steps each (an epoch's end or the
+    run's end can print a line over fewer)."""
     lines = [(int(step), float(rate.replace(",", "")))
-             for step, rate in re.findall(r"step (\d+)/\d+ .* ([\d,]+) img/s", done.stdout)]
-    rates = [rate for (previous, _), (step, rate) in zip([(0, 0)] + lines, lines) if step - previous == log_every]
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, rates
+             for step, rate in re.findall(r"step (\d+)/\d+ .* ([\d,]+) img/s", stdout)]
+    return [rate for (previous, _), (step, rate) in zip([(0, 0)] + lines, lines) if step - previous == log_every]
 
 
 def main(argv=None):
@@ -71,8 +76,8 @@ def main(argv=None):
                     rates = cpu_seconds(root, script, options.max_steps or s2, options.data_root.resolve(),
                                         options.log_every or (s2 - s1) // 10)[1][2:]
                     if not rates or min(rates) <= 0:
-                        sys.exit(f"{script}: no whole progress line after the first two; raise --max-steps "
-                                 "or lower --log-every")
+                        parser.exit(2, f"{script}: no whole progress line after the first two; raise --max-steps "
+                                       "or lower --log-every\n")
                     per_step[name].append(statistics.median(batch / rate for rate in rates))
                     lines[name] += [batch / rate for rate in rates]
                     continue
