@@ -254,7 +254,7 @@ def lr_factor(args, total_steps, default_steps):
     """LambdaLR's factor after `step` of a run of `total_steps`, for --lr-decay. linear: the rate falls to 0
     at the last step of the default run (`default_steps`: a run of the script's default --epochs), or of
     this run if it is longer. A shorter run is then the default run's start, step for step, and ends
-    exactly where the default run is at its last epoch. half: constant, then linear to 0 over the run's
+    exactly where the default run is at the same epoch. half: constant, then linear to 0 over the run's
     second half. none: constant."""
     if args.lr_decay == "linear":
         horizon = max(total_steps, default_steps)

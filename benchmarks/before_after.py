@@ -33,7 +33,7 @@ PLAN = {"gan": (100, 600), "cgan": (100, 600), "acgan": (50, 250), "wgan": (100,
         "dcgan": (20, 100), "cyclegan": (10, 60)}   # (S1, S2) steps: S2 - S1 takes about a minute
 
 
-def cpu_seconds(root, script, steps, data_root, log_every=100000):
+def timed_run(root, script, steps, data_root, log_every=100000):
     """User + system CPU seconds of `python script.py --max-steps steps` in checkout `root`, and the
     img/s of its progress lines that cover log_every steps each."""
     with tempfile.TemporaryDirectory() as out:
@@ -73,7 +73,7 @@ def main(argv=None):
         for _ in range(options.rounds):
             for name, root in (("before", options.before), ("after", ROOT)):
                 if options.chunks:   # seconds per step of each progress line after the first two
-                    rates = cpu_seconds(root, script, options.max_steps or s2, options.data_root.resolve(),
+                    rates = timed_run(root, script, options.max_steps or s2, options.data_root.resolve(),
                                         options.log_every or (s2 - s1) // 10)[1][2:]
                     if not rates or min(rates) <= 0:
                         parser.exit(2, f"{script}: no whole progress line after the first two; raise --max-steps "
@@ -81,8 +81,8 @@ def main(argv=None):
                     per_step[name].append(statistics.median(batch / rate for rate in rates))
                     lines[name] += [batch / rate for rate in rates]
                     continue
-                seconds, _ = cpu_seconds(root, script, s2, options.data_root.resolve())
-                seconds_s1, _ = cpu_seconds(root, script, s1, options.data_root.resolve())
+                seconds, _ = timed_run(root, script, s2, options.data_root.resolve())
+                seconds_s1, _ = timed_run(root, script, s1, options.data_root.resolve())
                 per_step[name].append((seconds - seconds_s1) / (s2 - s1))
         old, new = (statistics.median(lines[name] if options.chunks else per_step[name]) for name in ("before", "after"))
         method = "progress lines (wall clock)" if options.chunks else "CPU time"
