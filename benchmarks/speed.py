@@ -194,6 +194,7 @@ def main(argv=None):
         raise common.UserError("--warmup must be a multiple of --chunk, and --steps at least --chunk "
                                "(the scripts' progress lines fall on multiples of --chunk)")
     device = common.pick_device(options.device)
+    common.keep_freed_memory()   # as the scripts' Run does, so the in-process limits compare like with like
     if options.threads:
         torch.set_num_threads(options.threads)
     names = [n for n in options.scripts if (ROOT / f"{n}.py").is_file()]
