@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_inprocess, step_settings
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
 import gan  # noqa: E402
 import imagedata  # noqa: E402
 import ops  # noqa: E402
@@ -131,3 +132,11 @@ def test_a_step_reuses_the_memory_the_last_step_freed():
                                         capture_output=True, text=True).stdout) for how in ("default", "keep")}
     print(f"page faults per dcgan step: {faults}")
     assert faults["keep"] < 100 and faults["default"] > 10 * max(faults["keep"], 1)
+
+
+def test_every_training_run_keeps_freed_memory(monkeypatch, tmp_path):
+    """The setting reaches users because common.Run applies it: a script's training calls it."""
+    calls = []
+    monkeypatch.setattr(common, "keep_freed_memory", lambda: calls.append(1))
+    assert run_inprocess(gan.main, ["--dataset", "fake", "--max-steps", "1", "--out", tmp_path / "run"]) == 0
+    assert calls == [1]
