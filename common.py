@@ -188,11 +188,11 @@ def keep_freed_memory():
     """Linux (glibc): memory a training step frees stays in the process for the next step. By default
     glibc returns large freed blocks to the system (its thresholds start at 128 KiB and adapt, not far
     enough for dcgan), and the next step's copy of that activation faults in and zeroes its pages again:
-    a fifth of dcgan's CPU step (docs/speed.md). The process keeps up to 1 GiB it freed."""
+    a fifth of dcgan's CPU step (docs/speed.md). The heap keeps up to 1 GiB of freed memory at its top."""
     if platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 256 << 20)   # M_MMAP_THRESHOLD: blocks up to 256 MiB come from the heap, to be reused
-        libc.mallopt(-1, 1 << 30)     # M_TRIM_THRESHOLD: the heap's free top goes back to the system past 1 GiB
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: blocks up to 32 MiB come from the heap, to be reused
+        libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: the heap's free top goes back to the system past 1 GiB
 
 
 def check_writable(folder):
