@@ -136,8 +136,10 @@ def test_a_step_reuses_the_memory_the_last_step_freed():
     """dcgan's step at its defaults (batch 128, 32x32) allocates activations of up to 8 MB. With glibc's
     defaults they are unmapped when freed and faulted in again on the next step; with
     common.keep_freed_memory() (which Run calls) the next step finds them in the process."""
-    faults = {how: float(subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, str(ROOT), how], check=True,
-                                        capture_output=True, text=True).stdout) for how in ("default", "keep")}
+    runs = {how: subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, str(ROOT), how], capture_output=True,
+                                text=True) for how in ("default", "keep")}
+    assert all(run.returncode == 0 for run in runs.values()), [run.stderr for run in runs.values()]
+    faults = {how: float(run.stdout) for how, run in runs.items()}
     print(f"page faults per dcgan step: {faults}")
     assert faults["keep"] < 100 and faults["default"] > 10 * max(faults["keep"], 1)
 
