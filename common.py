@@ -105,6 +105,9 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (auto picks cuda when present)")
     add("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
         help="torch.compile the networks (the first steps wait for the compiler; reduce-overhead: CUDA graphs)")
+    add("--amp", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast: convolutions and "
+        "matrix products in bfloat16; weights, optimisers and losses stay float32 (a CPU without bfloat16 "
+        "instructions gets slower: docs/speed.md)")
     add("--seed", type=seed, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")
@@ -140,8 +143,9 @@ def parse_args(parser, argv=None):
     saved = checkpoint["args"]   # argparse fills in a default only where the namespace has no value
     keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps", "label")}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
-    may_change = {"epochs", "max_steps", "device", "compile", "log_every", "sample_every", "data_root", "snapshot_every",
-                  "checkpoint_every", "resume", "generate", "out", "label"} | ({"seed"} if args.generate else set())
+    may_change = {"epochs", "max_steps", "device", "compile", "amp", "log_every", "sample_every", "data_root",
+                  "snapshot_every", "checkpoint_every", "resume", "generate", "out", "label",
+                  *(["seed"] if args.generate else [])}
     for name, value in vars(args).items():   # a changed --lr would otherwise be silently ignored
         if name in saved and name not in may_change and saved[name] != value:
             raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]!r})")

@@ -210,7 +210,8 @@ def main(argv=None):
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
                 update_g = run.step + 1 in g_turns
-                logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, **settings)
+                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):   # --amp: bfloat16 products
+                    logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, **settings)
                 if update_g:   # G changed: its average and the schedules follow
                     ema.update_parameters(generator)
                     for schedule in schedules:

@@ -24,6 +24,7 @@ The target: every script at >= 0.9x its model limit on the CPU (the loop adds un
     nice -n 5 python benchmarks/speed.py --device cpu                        # all six scripts
     nice -n 5 python benchmarks/speed.py --device cpu --scripts gan --steps 300 --chunk 50 --threads 1
     python benchmarks/speed.py --device cuda --steps 2000 --workers 4
+    python benchmarks/speed.py --device cuda --scripts-only --compile --amp   # eager, compiled and bfloat16
 
 --threads 1 keeps the numbers steady on a CPU that other jobs share (two-thread OpenMP loops
 slow down erratically when the cores are oversubscribed). Scripts not written yet are skipped.
@@ -73,6 +74,7 @@ def parse_args(argv=None):
     add("--workers", type=int, default=0,
         help="DataLoader workers of the conventional pipeline (0: PyTorch-GAN's default)")
     add("--compile", action="store_true", help="also time each script with --compile (after --warmup steps)")
+    add("--amp", action="store_true", help="also time each script with --amp (bfloat16 autocast)")
     add("--baseline", metavar="DIR",
         help="also time the scripts of another checkout (e.g. a git worktree of an older commit) in the same rounds")
     add("--scripts-only", action="store_true", help="skip the model limit and the conventional pipeline")
@@ -204,8 +206,8 @@ def main(argv=None):
     # Each script's defaults, as its own parser gives them, with this run's data flags.
     script_args = {n: modules[n].parse_args(["--dataset", options.dataset, "--data-root", options.data_root])[0]
                    for n in names}
-    data, rates = {}, {n: {"script": [], "limit": [], "conventional": [], "unfused": [], "before": [], "compiled": []}
-                       for n in names}
+    measurements = ("script", "limit", "conventional", "unfused", "before", "compiled", "amp")
+    data, rates = {}, {n: {what: [] for what in measurements} for n in names}
     with tempfile.TemporaryDirectory(prefix="speed_") as workdir:
         for round_ in range(options.repeat):
             for n in names:
@@ -222,6 +224,8 @@ def main(argv=None):
                 if options.compile:
                     measured["compiled"] = script_speed(n, args, options, device, f"{workdir}/{round_}", ROOT,
                                                         ["--compile"])
+                if options.amp:
+                    measured["amp"] = script_speed(n, args, options, device, f"{workdir}/{round_}", ROOT, ["--amp"])
                 if options.unfused:
                     measured["unfused"] = model_limit(n, modules[n], args, data[key], options, device, True)
                 for what, chunk_rates in measured.items():
@@ -239,9 +243,9 @@ def table(rates, script_args, options, device):
     lines = [f"device {device}{threads}, torch {torch.__version__}, {options.dataset}; {options.warmup} warm-up steps, "
              f"then {options.steps // options.chunk} chunks of {options.chunk} steps, x{options.repeat} rounds; "
              f"conventional: DataLoader, {options.workers} workers"]
-    columns = [(w, w) for w in ("script", "limit", "conventional", "before", "compiled", "unfused") if rates_of(rates, w)]
+    columns = [(w, w) for w in ("script", "limit", "conventional", "before", "compiled", "amp", "unfused") if rates_of(rates, w)]
     ratios = [(a, b) for a, b in (("script", "limit"), ("script", "conventional"), ("script", "before"),
-                                  ("compiled", "script"), ("limit", "unfused")) if rates_of(rates, a) and rates_of(rates, b)]
+                                  ("compiled", "script"), ("amp", "script"), ("limit", "unfused")) if rates_of(rates, a) and rates_of(rates, b)]
     for summary, pick in (("best chunk", max), ("median chunk", statistics.median)):
         lines += ["", f"{'img/s, ' + summary:22} {'batch':>5}" + "".join(f" {w[:8]:>8}" for w, _ in columns)
                   + "".join(f" {a[:6] + '/' + b[:6]:>13}" for a, b in ratios)]

@@ -184,10 +184,11 @@ def mean_score(discriminator, images, labels):
     return (scores[0] if isinstance(scores, tuple) else scores).mean().item()
 
 
-def learning_directions(module, flags=(), step=0, seed=0):
-    """Build the script's networks (its build()) and take one train_step on a batch of fake data.
-    Returns D's margin mean D(real) - mean D(fake) on fixed fakes of the old G, before and after the
-    step, and the new D's mean score of G's images before and after G's update."""
+def learning_directions(module, flags=(), step=0, seed=0, amp=False):
+    """Build the script's networks (its build()) and take one train_step on a batch of fake data (with
+    amp, under bfloat16 autocast, as --amp runs it). Returns D's margin mean D(real) - mean D(fake) on
+    fixed fakes of the old G, before and after the step, and the new D's mean score of G's images
+    before and after G's update."""
     args = module.parse_args(["--dataset", "fake", *map(str, flags)])[0]
     data = imagedata.load_data(args, torch.device("cpu"))
     real_images, real_labels = next(data.batches(64, epoch=0, seed=seed))
@@ -199,7 +200,8 @@ def learning_directions(module, flags=(), step=0, seed=0):
     with torch.no_grad():
         old_fakes = (old_generator(z, z_labels) if args.conditional else old_generator(z))
     margin_before = mean_score(discriminator, real_images, real_labels) - mean_score(discriminator, old_fakes, z_labels)
-    call_train_step(module, nets, real_images, real_labels, args, step)
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        call_train_step(module, nets, real_images, real_labels, args, step)
     with torch.no_grad():
         new_fakes = generator(z, z_labels) if args.conditional else generator(z)
     margin_after = mean_score(discriminator, real_images, real_labels) - mean_score(discriminator, old_fakes, z_labels)

@@ -45,3 +45,14 @@ def test_before_and_after_in_the_same_rounds(mnist_root, capsys):
     row = re.search(r"^gan\s+64\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)x$", out, re.M)   # script, before, script/before
     script, before = (float(row[i].replace(",", "")) for i in (1, 2))
     assert abs(float(row[3]) - script / before) < 0.01
+
+
+def test_amp_times_each_script_again_with_bfloat16_autocast(mnist_root, capsys):
+    code = run_inprocess(speed.main, ["--device", "cpu", "--scripts", "gan", "--data-root", mnist_root, "--steps", "4",
+                                      "--warmup", "2", "--chunk", "2", "--threads", "1", "--amp", "--scripts-only"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    row = re.search(r"^gan\s+64\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)x$", out, re.M)   # script, amp, amp/script
+    script, amp = (float(row[i].replace(",", "")) for i in (1, 2))
+    assert abs(float(row[3]) - amp / script) < 0.01
+    assert re.search(r"^round 1/1 gan, .*: script [\d,]+ [\d,]+; amp [\d,]+ [\d,]+$", err, re.M)

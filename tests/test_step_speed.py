@@ -30,6 +30,7 @@ VARIANTS = [(script, ()) for script in ops.SCRIPTS] + [
     ("dcgan", ("--no-spectral-norm",)),
     ("wgan", ("--critic-boost", "3", "--label-exchange", "0.5")),
     ("cyclegan", ("--label-smoothing", "0.1", "--pool-size", "4")),
+    ("gan", ("--amp",)), ("acgan", ("--amp",)), ("wgan_gp", ("--amp",)), ("cyclegan", ("--amp",)),
 ]
 
 
