@@ -107,7 +107,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
         help="torch.compile the networks (the first steps wait for the compiler; reduce-overhead: CUDA graphs)")
     add("--amp", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast: convolutions and "
         "matrix products in bfloat16; weights, optimisers and losses stay float32 (a CPU without bfloat16 "
-        "instructions gets slower: docs/speed.md)")
+        "instructions may run it slower: docs/speed.md)")
     add("--seed", type=seed, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
     add("--log-every", type=positive_int, default=100, help="progress line and losses.csv row every N steps")

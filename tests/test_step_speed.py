@@ -59,9 +59,10 @@ def test_the_counter_sees_a_host_read(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="no CUDA device here: torch.cuda.set_sync_debug_mode only watches a GPU's stream; the "
                            "CPU test above counts the operations that read back to the host instead")
-@pytest.mark.parametrize("script", ops.SCRIPTS)
-def test_cuda_steps_never_synchronise(script):
-    ops.ops_per_step(script, device="cuda", sync_debug=True)   # raises on the first synchronising call
+@pytest.mark.parametrize("script, flags", [(script, ()) for script in ops.SCRIPTS] + [("acgan", ("--amp",)),
+                                                                                   ("gan", ("--amp",))])
+def test_cuda_steps_never_synchronise(script, flags):
+    ops.ops_per_step(script, flags, device="cuda", sync_debug=True)   # raises on the first synchronising call
 
 
 def test_every_script_has_compile():
