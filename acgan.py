@@ -255,7 +255,8 @@ def main(argv=None):
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise, fixed_labels), nrow=10) as run:
         for epoch in run.epochs():
             for real_images, real_labels in run.batches(epoch):
-                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):   # --amp: bfloat16 products
+                # --amp: bfloat16 products; no cast cache, as the step changes the weights between its passes
+                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False):
                     logged = train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d, **settings)
                 ema.update_parameters(generator)
                 for schedule in schedules:

@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
         help="torch.compile the networks (the first steps wait for the compiler; reduce-overhead: CUDA graphs)")
     add("--amp", action=argparse.BooleanOptionalAction, default=False, help="bfloat16 autocast: convolutions and "
-        "matrix products in bfloat16; weights, optimisers and losses stay float32 (a CPU without bfloat16 "
+        "matrix products in bfloat16; weights, gradients and optimisers stay float32 (a CPU without bfloat16 "
         "instructions may run it slower: docs/speed.md)")
     add("--seed", type=seed, default=0, help="same seed and device give the same numbers")
     add("--out", default=f"runs/{script}", help="run folder; a taken one gives the next free name (-2, -3, ...)")
@@ -183,6 +184,17 @@ def compile_networks(args, device, *networks):
             network.compile(mode=None if args.compile == "default" else args.compile)
 
 
+def check_bfloat16(device):
+    """--amp where bfloat16 autocast cannot run: one clear line, not a float32 run saved as --amp."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"--amp: {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; drop --amp")
+    with warnings.catch_warnings(record=True) as caught:   # autocast warns and turns itself off
+        warnings.simplefilter("always")
+        torch.autocast(device.type, torch.bfloat16)
+    if caught:
+        raise UserError(f"--amp on {device}: {str(caught[0].message).splitlines()[0]}; drop --amp")
+
+
 def seed_everything(seed):
     random.seed(seed)
     torch.manual_seed(seed)
@@ -190,9 +202,8 @@ def seed_everything(seed):
 
 def keep_freed_memory():
     """Linux (glibc): memory a training step frees stays in the process for the next step. By default
-    glibc returns large freed blocks to the system (its thresholds start at 128 KiB and adapt, not far
-    enough for dcgan), and the next step's copy of that activation faults in and zeroes its pages again:
-    a fifth of dcgan's CPU step (docs/speed.md). The heap keeps up to 1 GiB of freed memory at its top."""
+    glibc returns large freed blocks to the system (from 128 KiB, adapting, not far enough for dcgan), and
+    the next step faults that activation's pages in and zeroes them again: a fifth of dcgan's CPU step."""
     if platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: blocks up to 32 MiB come from the heap, to be reused
@@ -358,6 +369,8 @@ class Run:
             args, data, state, sampler, grid_inputs, nrow)
         self.steps_per_epoch = data.steps_per_epoch(args.batch_size)
         keep_freed_memory()   # after loading the data, whose temporary buffers may go back to the system
+        if args.amp:
+            check_bfloat16(next(sampler.parameters()).device)
         self.last_step, self.step = min(args.max_steps or math.inf, self.steps_per_epoch * args.epochs), 0
         if checkpoint:   # exact: weights, optimiser moments, schedules, fixed noise, step and RNG
             if checkpoint["n_classes"] != data.n_classes:

@@ -386,7 +386,8 @@ def main(argv=None):
     with common.Run(args, data, checkpoint, state, ema.module, (fixed_a, fixed_b)) as run:   # restores a --resume
         for epoch in run.epochs():
             for real_a, real_b in run.batches(epoch):
-                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):   # --amp: bfloat16 products
+                # --amp: bfloat16 products; no cast cache, as the step changes the weights between its passes
+                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False):
                     logged = train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, **settings)
                 ema.update_parameters(translator)
                 for schedule in schedules:

@@ -192,7 +192,8 @@ def main(argv=None):
         for epoch in run.epochs():
             for real_images, _ in run.batches(epoch):
                 update_g = (run.step + 1) % args.n_critic == 0   # G trains after every n_critic-th critic update
-                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):   # --amp: bfloat16 products
+                # --amp: bfloat16 products; no cast cache, as the step changes the weights between its passes
+                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False):
                     logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, **settings)
                 if update_g:   # G changed: its average and the schedules follow
                     ema.update_parameters(generator)

@@ -5,11 +5,12 @@ The script runs as `__main__` in the current folder (run this from its folder: i
 ../../data/mnist). After each of its Adam steps the process's CPU time (user + system, start-up
 included, as our runs' time to good samples counts it) is compared with the budget; past it, the
 training stops and 10,000 samples are drawn from its global `generator` (z from torch.randn; a
-conditional G, one with `opt.n_classes`, gets the classes 0, 1, ..., 9 in turn), once in train mode (as
-its own grids are drawn) and once in eval mode, and saved as uint8 images (N, C, H, W) and labels in
+conditional G, one with `opt.n_classes`, gets the classes 0, 1, ..., 9 in turn), once in eval mode and
+then in train mode (as its own grids are drawn), and saved as uint8 images (N, C, H, W) and labels in
 OUT-train.npz and OUT-eval.npz. Score them with `python evaluate.py OUT-train.npz --dataset mnist`.
 
-    cd PyTorch-GAN/implementations/gan && OMP_NUM_THREADS=1 python $REPO/benchmarks/peer_timed.py gan.py 104.8 /tmp/pg_gan   # REPO: this repository
+    # REPO: this repository's folder
+    cd PyTorch-GAN/implementations/gan && OMP_NUM_THREADS=1 python $REPO/benchmarks/peer_timed.py gan.py 104.8 /tmp/pg_gan
 """
 import argparse
 import os
@@ -60,21 +61,21 @@ def run_until(script, budget):
 
 
 def save_samples(generator, opt, out, n=10000, batch=500):
-    conditional = hasattr(opt, "n_classes")
-    for mode in ("train", "eval"):
+    conditional, device = hasattr(opt, "n_classes"), next(generator.parameters()).device   # the script's device
+    for mode in ("eval", "train"):   # eval first: a train-mode pass moves BatchNorm's running statistics
         torch.manual_seed(0)
         generator.train(mode == "train")
         images, labels = [], []
         with torch.no_grad():
             for start in range(0, n, batch):
-                z = torch.randn(min(batch, n - start), opt.latent_dim)
-                classes = torch.arange(start, start + len(z)) % opt.n_classes if conditional else None
+                z = torch.randn(min(batch, n - start), opt.latent_dim).to(device)
+                classes = (torch.arange(start, start + len(z)) % opt.n_classes).to(device) if conditional else None
                 images.append(generator(z, classes) if conditional else generator(z))
                 labels += [classes] if conditional else []
         images = torch.cat(images).reshape(n, opt.channels, opt.img_size, opt.img_size)
-        arrays = {"images": images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).numpy()}
+        arrays = {"images": images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()}
         if conditional:
-            arrays["labels"] = torch.cat(labels).numpy()
+            arrays["labels"] = torch.cat(labels).cpu().numpy()
         np.savez(f"{out}-{mode}.npz", **arrays)
 
 

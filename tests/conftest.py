@@ -200,7 +200,7 @@ def learning_directions(module, flags=(), step=0, seed=0, amp=False):
     with torch.no_grad():
         old_fakes = (old_generator(z, z_labels) if args.conditional else old_generator(z))
     margin_before = mean_score(discriminator, real_images, real_labels) - mean_score(discriminator, old_fakes, z_labels)
-    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp, cache_enabled=False):
         call_train_step(module, nets, real_images, real_labels, args, step)
     with torch.no_grad():
         new_fakes = generator(z, z_labels) if args.conditional else generator(z)

@@ -1,6 +1,7 @@
 """--amp: the step's matrix products and convolutions run in bfloat16 while weights, optimiser state and
 losses stay float32, and a step under it moves both networks the way the float32 step does."""
 import collections
+import warnings
 
 import pytest
 import torch
@@ -29,20 +30,47 @@ class ProductDtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("amp", [False, True], ids=["default", "amp"])
-def test_amp_runs_the_products_in_bfloat16_and_keeps_the_weights_float32(tmp_path, amp):
-    watch = ProductDtypes()
-    with watch:
-        assert run_inprocess(gan.main, ["--dataset", "fake", "--max-steps", "2", "--out", tmp_path / "run",
-                                        *(["--amp"] if amp else [])]) == 0
-    # Grids and snapshots sample outside the step, in float32, so both runs have float32 products
-    assert watch.dtypes[torch.float32] > 0
-    assert (watch.dtypes[torch.bfloat16] > 0) == amp, watch.dtypes
+def products_in_steps(module, argv, monkeypatch):
+    """The dtypes of the matrix products and convolutions dispatched inside module.train_step during
+    module.main(argv) (grids and snapshots sample outside the step, in float32)."""
+    watch, step = ProductDtypes(), module.train_step
+
+    def watched(*args, **kwargs):
+        with watch:
+            return step(*args, **kwargs)
+    monkeypatch.setattr(module, "train_step", watched)
+    assert run_inprocess(module.main, argv) == 0
+    return watch.dtypes
+
+
+@pytest.mark.parametrize("script", ["gan", "acgan", "wgan_gp", "cyclegan"])
+def test_amp_runs_every_product_of_the_step_in_bfloat16_and_keeps_the_weights_float32(tmp_path, monkeypatch, script):
+    module = __import__(script)
+    argv = ["--dataset", "fake", "--max-steps", "5", "--out", tmp_path / "run"]   # wgan_gp: G steps at the 5th
+    assert set(products_in_steps(module, argv + ["--amp"], monkeypatch)) == {torch.bfloat16}
     saved = load(tmp_path / "run" / "checkpoint.pt")
-    assert saved["args"]["amp"] == amp
-    for name in ("generator", "discriminator", "sampler"):
-        assert {tensor.dtype for tensor in saved[name].values() if tensor.is_floating_point()} == {torch.float32}
-    assert {value.dtype for value in saved["opt_g"]["state"][0].values() if value.is_floating_point()} == {torch.float32}
+    assert saved["args"]["amp"]
+    for name in ("opt_g", "opt_d"):
+        moments = [value for state in saved[name]["state"].values() for value in state.values()
+                   if value.is_floating_point() and value.dim() > 0]
+        assert moments and {value.dtype for value in moments} == {torch.float32}, name
+    weights = [tensor for key in saved if isinstance(saved[key], dict) and key not in ("args", "rng")
+               for tensor in saved[key].values() if torch.is_tensor(tensor) and tensor.is_floating_point()]
+    assert weights and {tensor.dtype for tensor in weights} == {torch.float32}
+    assert set(products_in_steps(module, argv[:-1] + [tmp_path / "float32"], monkeypatch)) == {torch.float32}
+
+
+def test_amp_where_autocast_cannot_run_bfloat16_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    class NoBfloat16(torch.autocast):   # what autocast does on a device without bfloat16 support
+        def __init__(self, device_type, dtype=None, **kwargs):
+            warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling autocast.")
+            super().__init__(device_type, dtype, enabled=False, **kwargs)
+    monkeypatch.setattr(torch, "autocast", NoBfloat16)
+    assert run_inprocess(gan.main, ["--dataset", "fake", "--max-steps", "1", "--amp", "--out", tmp_path / "run"],
+                         capsys) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--amp on cpu: In CPU autocast, but the target dtype is not supported" in err
+    assert not (tmp_path / "run").exists()   # refused before the run folder was claimed
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -60,7 +88,7 @@ def test_a_step_under_amp_moves_both_networks_as_the_float32_step_does(script):
             assert abs(amp_change - change) < change / 3, (name, exact, mixed)
 
 
-def test_a_resumed_amp_run_keeps_amp_and_ends_exactly_as_one_that_never_stopped(tmp_path):
+def test_a_resumed_amp_run_keeps_amp_and_ends_exactly_as_one_that_never_stopped(tmp_path, monkeypatch):
     flags = ["--dataset", "fake", "--epochs", "2", "--amp"]
     assert run_inprocess(gan.main, flags + ["--out", tmp_path / "whole"]) == 0
     assert run_inprocess(gan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "5"]) == 0
@@ -71,5 +99,6 @@ def test_a_resumed_amp_run_keeps_amp_and_ends_exactly_as_one_that_never_stopped(
         for key, tensor in whole[name].items():
             assert torch.equal(tensor, parts[name][key]), (name, key)
     # --no-amp turns it off for the rest of a run
-    assert run_inprocess(gan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt", "--epochs", "3", "--no-amp"]) == 0
+    resumed = ["--resume", tmp_path / "parts" / "checkpoint.pt", "--epochs", "3", "--no-amp"]
+    assert set(products_in_steps(gan, resumed, monkeypatch)) == {torch.float32}
     assert not load(tmp_path / "parts" / "checkpoint.pt")["args"]["amp"]
