@@ -20,23 +20,26 @@ Where this file departs from the paper (a flag gives the paper's setting back):
     python evaluate.py runs/cyclegan          # the digit kept, FD both ways, the cycle error
 """
 import argparse
+import math
 import random
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 
 import common
-import imagedata
 
 
 def parse_args(argv=None):
     parser = common.build_parser("cyclegan", "CycleGAN: unpaired translation between two image sets A and B "
                                  "(thin2thick: MNIST digits as they are and with thickened strokes; folder: "
                                  "--data-root holds trainA/ and trainB/, and testA/ and testB/ if present).",
-                                 img_size=28, batch_size=16, epochs=1, lr=2e-4, ema=0.0, lr_decay="half",
+                                 img_size=28, batch_size=16, epochs=1, lr=2e-4, ema=None, latent_dim=None,
                                  datasets=("thin2thick", "folder", "fake"))
     parser.add_argument("--width", type=common.positive_int, default=16, help="channels of G's first layer and D's")
     parser.add_argument("--blocks", type=common.positive_int, default=3, help="residual blocks in G")
@@ -90,14 +93,10 @@ class Unpaired:
     def __str__(self):
         return f"A: {self.a}; B: {self.b}"
 
-    def steps_per_epoch(self, batch_size):
-        return min(len(self.a.images), len(self.b.images)) // batch_size
-
     def batches(self, batch_size, epoch, seed, skip=0):
-        """Yield (a, b) image batches in [-1, 1]; resumable like ImageData.batches."""
-        steps = self.steps_per_epoch(batch_size)
+        """(a, b) image batches in [-1, 1], as common.Data.batches gives them, as many as the smaller set has."""
         pairs = zip(self.a.batches(batch_size, epoch, seed, skip), self.b.batches(batch_size, epoch, seed + 1, skip))
-        for step, ((a, _), (b, _)) in zip(range(skip, steps), pairs):
+        for (a, _), (b, _) in pairs:
             yield (augment(a, a.shape[-1]), augment(b, b.shape[-1])) if self.augment else (a, b)
 
 
@@ -114,7 +113,7 @@ def load_unpaired(args, device, train=True, channels=None):
         if missing:
             raise common.UserError(f"--data-root {args.data_root} needs trainA/ and trainB/ "
                                    f"(missing: {', '.join(missing)})")
-        sets = [imagedata.folder_images(folder, args.img_size) for folder in folders]
+        sets = [common.folder_images(folder, args.img_size) for folder in folders]
         a, b = ([images, torch.zeros(len(images), dtype=torch.long), [folder.name]]
                 for (images, _, _), folder in zip(sets, folders))
         channels = max(a[0].shape[1], b[0].shape[1], channels or 1)   # one grey, one colour: both colour
@@ -122,7 +121,7 @@ def load_unpaired(args, device, train=True, channels=None):
     else:   # thin2thick and fake: halves of one labelled set, B thickened; the halves share no image
         flags = argparse.Namespace(**{**vars(args), "img_size": 28,
                                       "dataset": "mnist" if args.dataset == "thin2thick" else "fake"})
-        data = imagedata.load_data(flags, "cpu", train)
+        data = common.load_data(flags, torch.device("cpu"), train=train)
         half = len(data.images) // 2 if train else len(data.images)
         a = [data.images[:half], data.labels[:half], data.class_names]
         b = [thicken(data.images[-half:]), data.labels[-half:], data.class_names]
@@ -133,7 +132,7 @@ def load_unpaired(args, device, train=True, channels=None):
         if images.shape[-1] != args.img_size:
             images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
             images = images.round().clamp(0, 255).to(torch.uint8)
-        pair.append(imagedata.ImageData(images.contiguous(), labels, names, device))
+        pair.append(common.Data(images.contiguous(), labels, names, device))
     return Unpaired(*pair, augment=train and getattr(args, "augment", False), split=split)
 
 
@@ -342,24 +341,20 @@ def translate(translator, images, chunk=500):
 def generate(args, checkpoint, device):
     """--generate N: the first N test images of each set and their translations, to a new generated*.npz
     (a, a_to_b, a_to_b_to_a, b, b_to_a, b_to_a_to_b as uint8, with labels_a, labels_b) and a grid."""
-    common.check_writable(args.out)
     translator = load_generator(args.resume, device)
-    test = load_unpaired(args, "cpu", train=False, channels=checkpoint["image_shape"][0])
+    test = load_unpaired(args, torch.device("cpu"), train=False, channels=checkpoint["image_shape"][0])
     a, b = test.a.images[:args.generate], test.b.images[:args.generate]
     a_to_b, b_to_a = translate(translator.g_ab, a), translate(translator.g_ba, b)
     arrays = {"a": a, "a_to_b": a_to_b, "a_to_b_to_a": translate(translator.g_ba, a_to_b), "b": b,
               "b_to_a": b_to_a, "b_to_a_to_b": translate(translator.g_ab, b_to_a),
               "labels_a": test.a.labels[:args.generate], "labels_b": test.b.labels[:args.generate]}
-    path = common.free_path(args.out, "generated", ".npz")
-    np.savez_compressed(path, **{name: array.numpy() for name, array in arrays.items()})
     rows = torch.cat([arrays[name][:10] for name in ("a", "a_to_b", "a_to_b_to_a", "b", "b_to_a", "b_to_a_to_b")])
-    common.save_grid(rows.float().div(127.5).sub(1), path.with_suffix(".png"), nrow=min(10, len(a)))
-    print(f"wrote {len(a)} {test.split} images of each set and their translations to {path}, "
-          f"a grid to {path.with_suffix('.png')}")
+    print(f"translating the first {len(a)} {test.split} images of each set")
+    common.save_samples(Path(args.out), rows.float().div(127.5).sub(1), min(10, len(a)), **arrays)
 
 
 # ---------------------------------------------------------------------------------------------
-# The recipe
+# The run
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
@@ -368,33 +363,79 @@ def main(argv=None):
     if args.generate:   # no training: translate test images with a checkpoint or snapshot
         return generate(args, checkpoint, device)
 
+    # Data, networks (the translator's two generators make the grids and snapshots), pools, schedules
     data = load_unpaired(args, device)   # decoded once; batches are cut on the device
     translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
-    # Grids, snapshots and --generate use a moving average of the generators (--ema 0: the generators)
-    ema = common.EMA(translator, args.ema)
-    common.compile_networks(args, device, translator.g_ab, translator.g_ba, d_a, d_b)   # --compile
-    steps = data.steps_per_epoch(args.batch_size)   # a short run follows the default run's schedule
-    decay = common.lr_factor(args, total_steps=steps * args.epochs, default_steps=steps * args.default_epochs)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
+    steps, step = min(len(data.a.images), len(data.b.images)) // args.batch_size, 0   # per epoch
+    last_step = min(args.max_steps or math.inf, steps * args.epochs)
+    total = steps * args.epochs   # the paper's --lr-decay: constant, then linearly to 0 over the second half
+    half = total // 2 if args.lr_decay else math.inf
+    schedules = [LambdaLR(opt, lambda s: 1.0 if s < half else max(0.0, 1 - (s - half) / max(1, total - half)))
+                 for opt in (opt_g, opt_d)]
     # The same images for every grid: rows a, G(a), F(G(a)), b, F(b), G(F(b))
     fixed_a, fixed_b = (d.images[:8].to(device).float().div(127.5).sub(1) for d in (data.a, data.b))
-    state = {"translator": translator, "d_a": d_a, "d_b": d_b, "pool_a": pool_a, "pool_b": pool_b, "opt_g": opt_g,
-             "opt_d": opt_d, "ema": ema, "schedule_g": schedules[0], "schedule_d": schedules[1]}
+    state = {"sampler": translator, "d_a": d_a, "d_b": d_b, "pool_a": pool_a, "pool_b": pool_b, "opt_g": opt_g,
+             "opt_d": opt_d, "schedule_g": schedules[0], "schedule_d": schedules[1]}
+    if checkpoint:   # exact: all of the above, the step and the random generators
+        for name, thing in state.items():
+            thing.load_state_dict(checkpoint[name])
+        step = checkpoint["step"]
+        common.set_rng_state(checkpoint["rng"], device)
+    if step >= last_step:
+        return print(f"nothing left to train: the run has made {step} steps; go on with python cyclegan.py --resume "
+                     f"{args.resume} --epochs N (more than {args.epochs})")
+    if args.compile:   # fused kernels; the first steps wait for the compiler
+        translator.g_ab.compile(), translator.g_ba.compile(), d_a.compile(), d_b.compile()
+    amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
     settings = {"lambda_cycle": args.lambda_cycle, "lambda_identity": args.lambda_identity,
                 "label_smoothing": args.label_smoothing, "label_exchange": args.label_exchange}   # by name
+    folder, lock = common.claim_folder(Path(args.out), resume=checkpoint is not None)   # locked: one process a run
+    meta = {"script": "cyclegan", "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
+            "class_names": data.class_names}
+    print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
 
-    with common.Run(args, data, checkpoint, state, ema.module, (fixed_a, fixed_b)) as run:   # restores a --resume
-        for epoch in run.epochs():
-            for real_a, real_b in run.batches(epoch):
-                # --amp: bfloat16 products; no cast cache, as the step changes the weights between its passes
-                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False):
+    # The loop: a G and a D update per pair of batches, a progress line every --log-every steps; at each epoch's
+    # end (and at --max-steps, Ctrl-C or SIGTERM) a grid, a snapshot and the checkpoint
+    start, sums, count, clock, saved = step, 0, 0, (time.perf_counter(), step), time.monotonic()
+    with lock, common.stop_requests() as stop:
+        while step < last_step:
+            epoch = step // steps
+            for real_a, real_b in data.batches(args.batch_size, epoch, args.seed, skip=step % steps):
+                with amp:
                     logged = train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d, **settings)
-                ema.update_parameters(translator)
                 for schedule in schedules:
                     schedule.step()
-                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
+                step, count, sums = step + 1, count + 1, sums + torch.stack([v.float() for v in logged.values()])
+                if step == start + 1:   # the first step waits for allocations (and the compiler): not in the rate
+                    clock = (time.perf_counter(), step)
+                end = step % steps == 0 or step >= last_step or stop   # an epoch's end, --max-steps, Ctrl-C, SIGTERM
+                due = time.monotonic() - saved > 60 * args.checkpoint_every   # or a checkpoint every few minutes
+                if step % args.log_every == 0 or end or due:
+                    means = dict(zip(logged, (sums / count).tolist()))   # the one read from the device
+                    rate = (step - clock[1]) * args.batch_size / (time.perf_counter() - clock[0])
+                    common.log(folder, means, step, epoch, args, last_step, rate)
+                    if not all(map(math.isfinite, means.values())):   # before a checkpoint could keep it
+                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if any, "
+                              f"is {folder / 'checkpoint.pt'}", file=sys.stderr)
+                        sys.exit(1)
+                    sums, count, clock = 0, 0, (time.perf_counter(), step)
+                if end or due:
                     break
-            run.end_epoch(epoch)   # grid, snapshot, checkpoint
+            if end:   # a grid, and at an epoch's end maybe a snapshot
+                with torch.no_grad():
+                    common.save_grid(translator(fixed_a, fixed_b), folder, f"epoch_{epoch + 1:03d}.png"
+                                     if step % steps == 0 else f"step_{step:07d}.png")
+                if step % steps == 0 and (epoch == 0 or (epoch + 1) % args.snapshot_every == 0 or step >= last_step
+                                          or stop):
+                    common.save_atomically({**meta, "epoch": epoch + 1, "sampler": translator.state_dict()},
+                                           folder / f"generator_epoch_{epoch + 1:03d}.pt")
+            common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
+                                    "epoch": step // steps, "rng": common.rng_state(device)}, folder / "checkpoint.pt")
+            saved, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
+            if stop:
+                print(f"stopped at step {step}; continue with: python cyclegan.py --resume {folder / 'checkpoint.pt'}")
+                sys.exit(128 + stop[0])
+    print(f"done: {step} steps; grids, losses.csv, snapshots and checkpoint.pt in {folder}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import imagedata
 
 # Datasets with a yardstick, and the test accuracy its classifier must reach to be trusted.
 YARDSTICKS = {"mnist": 0.99, "fashion-mnist": 0.90}
@@ -353,7 +352,7 @@ def read_npz(path, n):
 
 
 def resize(images, size):
-    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), antialiased bilinear: how imagedata.load_data
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), antialiased bilinear: how common.load_data
     resizes a dataset for --img-size, so a round trip here mirrors what the run trained on."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -402,8 +401,8 @@ def main(argv=None):
     data_root = find_data_root(args.data_root, run_args.get("data_root"))
     data_flags = argparse.Namespace(dataset=dataset, data_root=data_root, img_size=CLASSIFIER_SIZE, batch_size=1,
                                     seed=0)
-    test = imagedata.load_data(data_flags, device, train=False)
-    train = imagedata.load_data(data_flags, device, train=True)
+    test = common.load_data(data_flags, device, train=False)
+    train = common.load_data(data_flags, device, train=True)
     for epoch, path, images, labels in samples:
         check_images(images, labels, test, path)
     classifier, _ = get_classifier(dataset, data_root, train, test, device)
@@ -431,7 +430,7 @@ def translation_scores(args, sources, run_args, dataset, device):
     translator = cyclegan.load_generator(path, device)
     data_root = find_data_root(args.data_root, run_args.get("data_root"))
     flags = argparse.Namespace(dataset="mnist", data_root=data_root, img_size=CLASSIFIER_SIZE, batch_size=1, seed=0)
-    test, train = imagedata.load_data(flags, device, train=False), imagedata.load_data(flags, device, train=True)
+    test, train = common.load_data(flags, device, train=False), common.load_data(flags, device, train=True)
     n, size = min(args.n, len(test.images)), run_args["img_size"]
     thin, labels = test.images[:n].cpu(), test.labels[:n].cpu()
     thick = cyclegan.thicken(thin)

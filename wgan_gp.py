@@ -18,13 +18,18 @@ Where this file departs from the paper (where a flag exists, its other setting i
     python wgan_gp.py --generate 10000        # samples from the newest run
     python evaluate.py runs/wgan_gp --curve   # FD for each snapshot
 """
+import copy
+import math
 import random
+import sys
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
 
 import common
-import imagedata
 
 
 def parse_args(argv=None):
@@ -147,7 +152,6 @@ def build(args, image_shape, n_classes, device):
     """The networks and optimisers these flags describe: Adam with the authors' MNIST betas."""
     generator = Generator(args.latent_dim, image_shape).to(device)
     critic = Critic(image_shape).to(device)
-    # fused=True: the same Adam arithmetic in one kernel for all parameters (docs/speed.md)
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=True)
     opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=True)   # D is the critic
     return generator, critic, opt_g, opt_d
@@ -163,45 +167,90 @@ def load_generator(path, device="cpu"):
 
 
 # ---------------------------------------------------------------------------------------------
-# The recipe
+# The run
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
     device = common.pick_device(args.device)
     common.seed_everything(args.seed)
     if args.generate:   # no training: samples from a checkpoint or snapshot
-        return common.generate(load_generator(args.resume, device), args, checkpoint)
+        return common.generate(load_generator(args.resume, device), args, checkpoint["n_classes"])
 
-    data = imagedata.load_data(args, device)   # decoded once; batches are cut on the device
+    # Data, networks, G's moving average (it makes the grids, snapshots and --generate's samples), schedules
+    data = common.load_data(args, device, checkpoint)   # decoded once; batches are cut on the device
     generator, critic, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
-    # Grids, snapshots and --generate use a moving average of G's weights and BatchNorm statistics.
-    # It and the learning-rate schedules advance with G's updates, as the authors' schedules do.
-    ema = common.EMA(generator, args.ema)
-    common.compile_networks(args, device, generator)   # --compile: G only, as the penalty differentiates D twice
-    steps = data.steps_per_epoch(args.batch_size)
-    g_steps = steps * args.epochs // args.n_critic
-    decay = common.lr_factor(args, total_steps=g_steps, default_steps=steps * args.default_epochs // args.n_critic)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(optimiser, decay) for optimiser in (opt_g, opt_d)]
+    average = copy.deepcopy(generator).eval().requires_grad_(False)
+    steps, step = len(data.images) // args.batch_size, 0   # per epoch: the short last batch is dropped
+    last_step = min(args.max_steps or math.inf, steps * args.epochs)
+    horizon = steps * max(args.epochs, args.default_epochs) // args.n_critic if args.lr_decay else math.inf   # G's steps
+    schedules = [LambdaLR(opt, lambda s: max(0.0, 1 - s / horizon)) for opt in (opt_g, opt_d)]
     fixed_noise = torch.randn(64, args.latent_dim, device=device)   # the same z for every grid
-    state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d, "ema": ema,
-             "schedule_g": schedules[0], "schedule_d": schedules[1], "fixed_noise": fixed_noise}
+    state = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d,
+             "sampler": average, "schedule_g": schedules[0], "schedule_d": schedules[1]}
+    if checkpoint:   # exact: all of the above, the grid's noise, the step and the random generators
+        for name, thing in state.items():
+            thing.load_state_dict(checkpoint[name])
+        fixed_noise, step = checkpoint["fixed_noise"].to(device), checkpoint["step"]
+        common.set_rng_state(checkpoint["rng"], device)
+    if step >= last_step:
+        return print(f"nothing left to train: the run has made {step} steps; go on with python wgan_gp.py --resume "
+                     f"{args.resume} --epochs N (more than {args.epochs})")
+    if args.compile:   # fused kernels; the first steps wait for the compiler
+        generator.compile()   # G only: the penalty differentiates the critic twice
+    amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
     settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange,
-                "lambda_gp": args.lambda_gp}   # train_step's flags, by name
+                "lambda_gp": args.lambda_gp}   # train_step's, by name
+    folder, lock = common.claim_folder(Path(args.out), resume=checkpoint is not None)   # locked: one process a run
+    meta = {"script": "wgan_gp", "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
+            "class_names": data.class_names}
+    print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
 
-    with common.Run(args, data, checkpoint, state, ema.module, (fixed_noise,)) as run:   # restores a --resume
-        for epoch in run.epochs():
-            for real_images, _ in run.batches(epoch):
-                update_g = (run.step + 1) % args.n_critic == 0   # G trains after every n_critic-th critic update
-                # --amp: bfloat16 products; no cast cache, as the step changes the weights between its passes
-                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False):
+    # The loop: a critic update per batch and a G update every --n-critic, a progress line every --log-every steps; at each epoch's
+    # end (and at --max-steps, Ctrl-C or SIGTERM) a grid, a snapshot and the checkpoint
+    start, sums, count, clock, saved = step, 0, 0, (time.perf_counter(), step), time.monotonic()
+    with lock, common.stop_requests() as stop:
+        while step < last_step:
+            epoch = step // steps
+            for real_images, _ in data.batches(args.batch_size, epoch, args.seed, skip=step % steps):
+                update_g = (step + 1) % args.n_critic == 0   # after every n_critic-th critic update
+                with amp:
                     logged = train_step(real_images, generator, critic, opt_g, opt_d, update_g, **settings)
-                if update_g:   # G changed: its average and the schedules follow
-                    ema.update_parameters(generator)
+                if update_g:   # G changed: its average and the schedules follow (they count G's updates)
+                    common.update_average(average, generator, args.ema, schedules[0].last_epoch)
                     for schedule in schedules:
                         schedule.step()
-                if run.end_step(epoch, logged):   # logs; True at --max-steps, Ctrl-C or SIGTERM
+                step, count, sums = step + 1, count + 1, sums + torch.stack([v.float() for v in logged.values()])
+                if step == start + 1:   # the first step waits for allocations (and the compiler): not in the rate
+                    clock = (time.perf_counter(), step)
+                end = step % steps == 0 or step >= last_step or stop   # an epoch's end, --max-steps, Ctrl-C, SIGTERM
+                due = time.monotonic() - saved > 60 * args.checkpoint_every   # or a checkpoint every few minutes
+                if step % args.log_every == 0 or end or due:
+                    means = dict(zip(logged, (sums / count).tolist()))   # the one read from the device
+                    rate = (step - clock[1]) * args.batch_size / (time.perf_counter() - clock[0])
+                    common.log(folder, means, step, epoch, args, last_step, rate)
+                    if not all(map(math.isfinite, means.values())):   # before a checkpoint could keep it
+                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if any, "
+                              f"is {folder / 'checkpoint.pt'}", file=sys.stderr)
+                        sys.exit(1)
+                    sums, count, clock = 0, 0, (time.perf_counter(), step)
+                if end or due:
                     break
-            run.end_epoch(epoch)   # grid, snapshot, checkpoint
+            if end:   # a grid, and at an epoch's end maybe a snapshot
+                with torch.no_grad():
+                    common.save_grid(average(fixed_noise), folder, f"epoch_{epoch + 1:03d}.png" if step % steps == 0
+                                     else f"step_{step:07d}.png")
+                if step % steps == 0 and (epoch == 0 or (epoch + 1) % args.snapshot_every == 0 or step >= last_step
+                                          or stop):
+                    common.save_atomically({**meta, "epoch": epoch + 1, "sampler": average.state_dict()},
+                                           folder / f"generator_epoch_{epoch + 1:03d}.pt")
+            common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
+                                    "epoch": step // steps, "fixed_noise": fixed_noise, "rng": common.rng_state(device)},
+                                   folder / "checkpoint.pt")
+            saved, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
+            if stop:
+                print(f"stopped at step {step}; continue with: python wgan_gp.py --resume {folder / 'checkpoint.pt'}")
+                sys.exit(128 + stop[0])
+    print(f"done: {step} steps; grids, losses.csv, snapshots and checkpoint.pt in {folder}")
 
 
 if __name__ == "__main__":

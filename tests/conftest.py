@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
-import imagedata  # noqa: E402
+
 
 torch.set_num_threads(1)   # tiny test networks: threads cost more than they give
+SCRIPTS = ("gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan", "cyclegan")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -190,7 +191,7 @@ def learning_directions(module, flags=(), step=0, seed=0, amp=False):
     fixed fakes of the old G, before and after the step, and the new D's mean score of G's images
     before and after G's update."""
     args = module.parse_args(["--dataset", "fake", *map(str, flags)])[0]
-    data = imagedata.load_data(args, torch.device("cpu"))
+    data = common.load_data(args, torch.device("cpu"))
     real_images, real_labels = next(data.batches(64, epoch=0, seed=seed))
     common.seed_everything(seed)
     nets = module.build(args, data.shape, data.n_classes, torch.device("cpu"))

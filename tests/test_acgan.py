@@ -9,7 +9,6 @@ import torch.nn as nn
 
 import acgan
 import common
-import imagedata
 from conftest import (call_train_step, learning_directions, load, run_inprocess, state_tensors, to_uint8,
                       write_image_folder)
 
@@ -169,7 +168,7 @@ def test_label_tricks_change_the_realness_targets_only(tmp_path, monkeypatch, fa
     assert run_inprocess(acgan.main, FAST + flags + ["--max-steps", "1", "--label-exchange", "1",
                                                      "--label-smoothing", "0.5", "--out", tmp_path / "run"]) == 0
     args = acgan.parse_args(["--dataset", "fake"])[0]
-    _, real_labels = next(imagedata.load_data(args, torch.device("cpu")).batches(32, epoch=0, seed=0))
+    _, real_labels = next(common.load_data(args, torch.device("cpu")).batches(32, epoch=0, seed=0))
     fake_labels = generated[0]
     # D step: real (swapped to 0), fake (swapped to smoothed reals); G step: target 1.
     assert len(bce_targets) == 3
@@ -312,7 +311,7 @@ def test_a_step_moves_d_and_g_in_the_direction_of_the_game():
 
 def test_d_steps_teach_the_class_head_the_classes_of_real_images():
     args = acgan.parse_args(["--dataset", "fake", "--width", "8"])[0]
-    data = imagedata.load_data(args, torch.device("cpu"))
+    data = common.load_data(args, torch.device("cpu"))
     real_images, real_labels = next(data.batches(64, epoch=0, seed=0))
     common.seed_everything(0)
     nets = acgan.build(args, data.shape, data.n_classes, torch.device("cpu"))

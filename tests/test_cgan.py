@@ -8,7 +8,6 @@ import torch.nn as nn
 
 import cgan
 import common
-import imagedata
 from conftest import learning_directions, load, run_inprocess, state_tensors, to_uint8, write_image_folder
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
@@ -83,7 +82,7 @@ def test_fakes_are_judged_with_the_labels_they_were_generated_with(tmp_path, mon
     monkeypatch.setattr(cgan.Discriminator, "forward", record_d)
     assert run_inprocess(cgan.main, FAST + ["--max-steps", "1", "--out", tmp_path / "run"]) == 0
     args = cgan.parse_args(["--dataset", "fake"])[0]
-    _, real_labels = next(imagedata.load_data(args, torch.device("cpu")).batches(64, epoch=0, seed=0))
+    _, real_labels = next(common.load_data(args, torch.device("cpu")).batches(64, epoch=0, seed=0))
     # One training step: G once; D on real and fake images with their labels in one pass (D's step), then
     # on the fakes with their labels (G's step).
     fake_labels = generated[0]
@@ -176,9 +175,12 @@ def test_a_folder_with_two_classes_trains(tmp_path, capsys):
     assert checkpoint["discriminator"]["label_embedding.weight"].shape == (2, 784)
     from PIL import Image
     assert Image.open(out / "step_0000001.png").size == (10 * 30 + 2, 2 * 30 + 2)   # 2 rows of 10
-    # --data-root may change on resume (the data moved), but not to data with other classes.
+    # --data-root may not change on resume, and the folder may not gain a class.
     more = write_image_folder(tmp_path / "zoo", classes=("cats", "dogs", "owls"), size=28, mode="L")
     code = run_inprocess(cgan.main, ["--resume", out / "checkpoint.pt", "--data-root", more, "--max-steps", "2"])
+    assert code == 2 and "--data-root cannot change when resuming" in capsys.readouterr().err
+    write_image_folder(root, classes=("cats", "dogs", "owls"), size=28, mode="L")
+    code = run_inprocess(cgan.main, ["--resume", out / "checkpoint.pt", "--max-steps", "2"])
     assert code == 2 and "the data has 3 classes; the run trained on 2" in capsys.readouterr().err
     assert load(out / "checkpoint.pt")["step"] == 1
 

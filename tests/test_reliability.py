@@ -30,7 +30,6 @@ import wgan_gp
 from conftest import ROOT, load, losses, run_inprocess, run_subprocess, write_idx_dataset, write_image_folder
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import speed  # noqa: E402
 
 SCRIPTS = {"gan": gan, "cgan": cgan, "acgan": acgan, "wgan": wgan, "wgan_gp": wgan_gp, "dcgan": dcgan}
 FAKE = ["--dataset", "fake", "--log-every", "1"]
@@ -430,7 +429,7 @@ def test_loose_images_beside_class_folders_are_refused(tmp_path):
                             "--max-steps", "1", "--out", tmp_path / "run")
     assert result.returncode == 2, result.stderr
     line = one_line(result.stderr)
-    assert line.startswith(f"gan.py: error: {root} ") and "would be ignored" in line, line
+    assert line.startswith(f"gan.py: error: {root} ") and "move those into a sub-folder" in line, line
     assert listing(tmp_path) == before   # no run folder, nothing else
 
 
@@ -440,20 +439,19 @@ def test_loose_images_beside_class_folders_are_refused(tmp_path):
 ABBREVIATIONS = [(name, argv) for name in SCRIPTS for argv in (["--epoch", "3"], ["--batch", "8"], ["--max-step", "2"])]
 ABBREVIATIONS += [(name, ["--label", "3"]) for name in ("gan", "wgan", "wgan_gp", "dcgan")]
 ABBREVIATIONS += [(name, ["--gen", "3", "--lab", "3"]) for name in ("cgan", "acgan")]
-ABBREVIATIONS += [("evaluate", ["somewhere", "--dev", "cpu"]), ("evaluate", ["somewhere", "--cur"]),
-                  ("speed", ["--step", "3"]), ("speed", ["--script", "gan"])]
+ABBREVIATIONS += [("evaluate", ["somewhere", "--dev", "cpu"]), ("evaluate", ["somewhere", "--cur"])]
 
 
 @pytest.mark.parametrize("name, argv", ABBREVIATIONS, ids=[f"{n}:{' '.join(a)}" for n, a in ABBREVIATIONS])
 def test_abbreviated_flags_are_refused(name, argv, capsys):
-    module = {**SCRIPTS, "evaluate": evaluate, "speed": speed}[name]
+    module = {**SCRIPTS, "evaluate": evaluate}[name]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit:
         module.parse_args(argv)
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    prog = {"speed": "speed.py", "evaluate": "evaluate.py"}.get(name, f"{name}.py")
+    prog = "evaluate.py" if name == "evaluate" else f"{name}.py"
     unrecognised = [a for a in argv if a != "somewhere"]
     assert err.strip().splitlines()[-1] == f"{prog}: error: unrecognized arguments: {' '.join(unrecognised)}"
 
@@ -470,16 +468,15 @@ def test_resuming_a_finished_run_says_nothing_is_left(tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip() == "", result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("nothing left to train: ") and "--epochs 1" in last, last
-    assert f"python gan.py --resume {ckpt} --epochs N" in last, last
+    assert last == f"nothing left to train: the run has made 8 steps; go on with python gan.py --resume {ckpt} " \
+                   "--epochs N (more than 1)", last
     assert listing(tmp_path) == before
 
     for k in (8, 5):
         capsys.readouterr()
         assert run_inprocess(gan.main, ["--resume", ckpt, "--max-steps", k]) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]
-        assert last.startswith("nothing left to train: ") and f"--max-steps {k}" in last, last
-        assert f"python gan.py --resume {ckpt} --max-steps N" in last and "--epochs" not in last, last
+        assert last.startswith("nothing left to train: the run has made 8 steps"), last
         assert listing(tmp_path) == before
 
 
@@ -545,10 +542,8 @@ def test_help_shows_every_default(name, epochs, batch, capsys, monkeypatch):
     check_every_default(parser, blocks)
 
 
-@pytest.mark.parametrize("name", ["evaluate", "speed"])
-def test_help_of_the_tools_shows_every_default(name, capsys, monkeypatch):
-    module = {"evaluate": evaluate, "speed": speed}[name]
-    text, parser = help_text(module, capsys, monkeypatch, argv=["x"] if name == "evaluate" else [])
+def test_help_of_evaluate_shows_every_default(capsys, monkeypatch):
+    text, parser = help_text(evaluate, capsys, monkeypatch, argv=["x"])
     check_every_default(parser, help_blocks(text))
 
 
@@ -568,26 +563,20 @@ def check_every_default(parser, blocks):
 # 13. No surprises for a new user (issue 22): a run's folder is its own, sizes and seeds the
 #     machine cannot take are one line, and the small things a first run shows
 # ---------------------------------------------------------------------------------------------
-def new_run(out):
-    """A common.Run for a fresh run into `out`, as a script's main() makes it (no training)."""
-    args = gan.parse_args([*FAKE, "--out", str(out)])[0]
-    data = argparse.Namespace(steps_per_epoch=lambda batch_size: 8, n_classes=10, shape=(1, 28, 28),
-                              class_names=list("0123456789"))
-    return common.Run(args, data, None, {}, None, ())
-
-
-def test_two_runs_started_with_one_out_take_two_folders(tmp_path, capsys):
+def test_two_runs_started_with_one_out_take_two_folders(tmp_path):
     # The race: the second run starts while the first has claimed its folder but written nothing yet.
-    first, second = new_run(tmp_path / "run"), new_run(tmp_path / "run")
-    assert first.dir == tmp_path / "run" and second.dir == tmp_path / "run-2"
-    assert capsys.readouterr().out.splitlines()[::2] == [f"run folder: {tmp_path / 'run'}",
-                                                        f"run folder: {tmp_path / 'run-2'}"]
+    (first, first_lock), (second, second_lock) = (common.claim_folder(tmp_path / "run", resume=False) for _ in "12")
+    assert first == tmp_path / "run" and second == tmp_path / "run-2"
+    first_lock.close(), second_lock.close()
 
 
-def test_an_empty_folder_the_user_made_is_the_run_s(tmp_path, capsys):
+def test_an_empty_folder_the_user_made_is_the_run_s(tmp_path):
     (tmp_path / "mine").mkdir()
-    assert new_run(tmp_path / "mine").dir == tmp_path / "mine"
-    assert new_run(tmp_path / "mine").dir == tmp_path / "mine-2"   # now it is taken
+    folder, lock = common.claim_folder(tmp_path / "mine", resume=False)
+    assert folder == tmp_path / "mine"
+    (folder / "losses.csv").write_text("step\n")   # it wrote something, and its lock went with it
+    lock.close()
+    assert common.claim_folder(tmp_path / "mine", resume=False)[0] == tmp_path / "mine-2"   # now it is taken
 
 
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
@@ -636,7 +625,6 @@ def test_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path, ca
     assert run_inprocess(gan.main, [*FAKE, "--out", out]) == 2
     line = one_line(capsys.readouterr().err)
     assert ": error: not enough memory (CUDA out of memory" in line and "--batch-size" in line, line
-    assert line.endswith(f"the last checkpoint is kept: {out / 'checkpoint.pt'} (step 8)"), line
     assert load(out / "checkpoint.pt")["step"] == 8
 
 
