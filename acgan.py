@@ -13,11 +13,11 @@ Where this file departs from the paper or common implementations (a flag, where 
   so D does not learn G's early mistakes as classes that G is then rewarded for.
 - --spectral-norm (not BatchNorm) in D and --label-smoothing 0.1 keep D from overpowering G.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over 50 epochs (a shorter run is the 50-epoch run's start).
+- --lr-decay: the rates fall linearly to 0 over 50 epochs (a shorter run is the 50-epoch run's start).
 
-    python acgan.py --epochs 50 --compile     # MNIST at 32x32; one grid row per class, runs/acgan
+    python acgan.py --epochs 50               # MNIST at 32x32; one grid row per class, runs/acgan
     python acgan.py --generate 100 --label 7  # sevens from the newest run
-    python acgan.py --dataset folder --data-root my_classes --img-size 64 --width 128 --device cuda
+    python acgan.py --dataset folder --data-root my_classes --img-size 64 --width 128 --device cuda --compile
 """
 import argparse
 import copy
@@ -201,10 +201,11 @@ def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d,
     loss_g.backward()
     opt_g.step()
     # acc_real: D's class head names a real image's class; acc_fake: it names the class G was asked for
-    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
-            "d_fake": fake_logits.sigmoid().mean(),
-            "acc_real": (real_class_logits.argmax(1) == real_labels).float().mean(),
-            "acc_fake": (fake_class_logits.argmax(1) == fake_labels).float().mean()}
+    logged = {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+              "d_fake": fake_logits.sigmoid().mean(),
+              "acc_real": (real_class_logits.argmax(1) == real_labels).float().mean(),
+              "acc_fake": (fake_class_logits.argmax(1) == fake_labels).float().mean()}
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):

@@ -9,7 +9,7 @@ D multiplies the flattened image by another embedding of y and runs an MLP 512 x
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - The class multiplies the input (a learned per-unit gain) instead of being concatenated to it.
 - G minimises -log D(G(z, y), y), the non-saturating loss, not log(1 - D(G(z, y), y)).
-- --ema 0.9999 and --lr-decay linear, as in gan.py; --label-smoothing and --label-exchange are off.
+- --ema 0.9999 and --lr-decay, as in gan.py; --label-smoothing and --label-exchange are off.
 
     python cgan.py --epochs 50                # MNIST, one grid row per class, runs/cgan
     python cgan.py --generate 10000           # labels cycle 0, 1, ..., 9; --label 7 for sevens only
@@ -131,8 +131,9 @@ def train_step(real_images, real_labels, generator, discriminator, opt_g, opt_d,
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
-            "d_fake": fake_logits.sigmoid().mean()}
+    logged = {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+              "d_fake": fake_logits.sigmoid().mean()}
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):

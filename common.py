@@ -72,7 +72,8 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--data-root", help="where datasets live, in torchvision's layout (None: data); --dataset folder: your "
                             "images, a sub-folder per class or all in one")
     add("--img-size", type=positive_int, default=img_size, help="images are resized to this square size")
-    add("--batch-size", type=batch if batch_size > 1 else positive_int, default=batch_size, help="images per step")
+    add("--batch-size", type=positive_int if script == "cyclegan" else batch, default=batch_size,   # InstanceNorm: 1
+        help="images per step")
     add("--epochs", type=positive_int, default=epochs, help="passes over the data")
     add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
     add("--lr-decay", action=argparse.BooleanOptionalAction, default=lr_decay, help="the rates fall linearly to 0 at "
@@ -185,7 +186,8 @@ def set_rng_state(rng, device):
     checkpoints kept every GPU's), so a checkpoint moves between CPU and GPU and between machines."""
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
-    cuda = rng["cuda"][device.index or 0] if isinstance(rng["cuda"], list) and rng["cuda"] else rng["cuda"]
+    cuda, index = rng["cuda"], device.index or 0
+    cuda = (cuda[index] if index < len(cuda) else None) if isinstance(cuda, list) else cuda
     if device.type == "cuda" and torch.is_tensor(cuda):
         torch.cuda.set_rng_state(cuda, device)
 
@@ -267,7 +269,9 @@ def load_data(args, device, checkpoint=None, train=True):
         for k in range(10):
             images[labels == k, :, k // 4 * 8:k // 4 * 8 + 8, k % 4 * 8:k % 4 * 8 + 8] = 255
     elif args.dataset == "folder":
-        images, labels, classes = folder_images(Path(args.data_root or "(none: give --data-root DIR)"), size)
+        if not args.data_root:
+            raise UserError("--dataset folder: give --data-root DIR, the folder of your images")
+        images, labels, classes = folder_images(root, size)
     else:
         images, labels, classes = torchvision_images(args.dataset, root, train)
     if len(images) < args.batch_size:
@@ -343,7 +347,7 @@ def folder_images(root, size):
         cache.parent.mkdir(parents=True, exist_ok=True)
         for old in cache.parent.glob(f"{stem}-*.npy"):   # this folder's stale caches
             old.unlink()
-        save_atomically(images, cache, np.save)
+        save_atomically(images, cache)
         print(f"images cached in {cache} ({images.nbytes / 2**20:,.1f} MB); delete it to free the space", file=sys.stderr)
     except OSError as error:
         print(f"no cache written ({error.strerror or error}): the images are decoded at every start", file=sys.stderr)
@@ -437,12 +441,12 @@ def claim_folder(out, resume):
         lock.close()
 
 
-def save_atomically(obj, path, save=torch.save):
+def save_atomically(obj, path):
     """Write to a .tmp file, then rename: a crash, a kill or a second Ctrl-C mid-write leaves the old file whole."""
     tmp = Path(f"{path}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            np.save(f, obj) if save is np.save else save(obj, f)
+            np.save(f, obj) if isinstance(obj, np.ndarray) else torch.save(obj, f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

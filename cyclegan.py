@@ -303,7 +303,8 @@ def train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    return {"loss_d": loss_d, "loss_g": loss_g, "gan": loss_gan, "cycle": loss_cycle, "identity": loss_identity}
+    logged = {"loss_d": loss_d, "loss_g": loss_g, "gan": loss_gan, "cycle": loss_cycle, "identity": loss_identity}
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):

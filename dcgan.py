@@ -12,7 +12,7 @@ Where this file departs from the paper (where a flag exists, its other setting i
 - --width 32, half the paper's 64: a quarter of the computation, so 25 MNIST epochs fit a CPU.
 - --spectral-norm in D instead of BatchNorm: with BatchNorm, D overpowers G after about 15 epochs.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over 25 epochs, so late epochs refine; a shorter run is
+- --lr-decay: the rates fall linearly to 0 over 25 epochs, so late epochs refine; a shorter run is
   the start of the 25-epoch run, step for step, so it ends as good as that run is at its epoch.
 
     python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
@@ -199,8 +199,9 @@ def train_step(real_images, generator, discriminator, opt_g, opt_d, *, latent_di
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
-            "d_fake": fake_logits.sigmoid().mean()}
+    logged = {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+              "d_fake": fake_logits.sigmoid().mean()}
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):

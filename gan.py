@@ -7,7 +7,7 @@ and G learns to make D call its images real. Both are MLPs on flattened images.
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - G minimises -log D(G(z)), the non-saturating loss the paper suggests, not log(1 - D(G(z))).
 - --ema 0.9999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over 50 epochs, so late epochs refine; a shorter run is
+- --lr-decay: the rates fall linearly to 0 over 50 epochs, so late epochs refine; a shorter run is
   the start of the 50-epoch run, step for step, so it ends as good as that run is at its epoch.
 - --label-smoothing S and --label-exchange P: two training tricks, off by default.
 
@@ -119,8 +119,9 @@ def train_step(real_images, generator, discriminator, opt_g, opt_d, *, latent_di
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
-    return {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
-            "d_fake": fake_logits.sigmoid().mean()}
+    logged = {"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.sigmoid().mean(),
+              "d_fake": fake_logits.sigmoid().mean()}
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):

@@ -13,7 +13,7 @@ each of the first 25 G steps and every 500th). There is no --label-smoothing: a 
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --n-critic 2, not 5: G gets 2.5 times the updates; at 5, 50 epochs leave it undertrained.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay: none by default (the paper's constant rate); --label-exchange P swaps the two batches.
+- --no-lr-decay by default (the paper's constant rate); --label-exchange P swaps the two batches.
 
     python wgan.py --epochs 50                # MNIST: grids, snapshots and checkpoint.pt in runs/wgan
     python wgan.py --generate 10000           # samples from the newest run
@@ -163,7 +163,8 @@ def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-    return {"loss_critic": loss_critic, **logged}   # loss_g: on this step's fakes, every step
+    logged = {"loss_critic": loss_critic, **logged}   # loss_g: on this step's fakes, every step
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):

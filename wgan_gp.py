@@ -11,7 +11,7 @@ critic: the penalty is per image. There is no --label-smoothing: a critic has no
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --lr 2e-4, twice the authors' 1e-4, which was tuned for convolutional networks and 200k G steps.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay linear: the rates fall to 0 over 50 epochs (a shorter run is the 50-epoch run's start);
+- --lr-decay: the rates fall linearly to 0 over 50 epochs (a shorter run is the 50-epoch run's start);
   --label-exchange P swaps the batches.
 
     python wgan_gp.py --epochs 50             # MNIST: grids, snapshots and checkpoint.pt in runs/wgan_gp
@@ -145,7 +145,8 @@ def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-    return {"loss_critic": loss_critic, **logged, "penalty": penalty}   # loss_g: on this step's fakes, every step
+    logged = {"loss_critic": loss_critic, **logged, "penalty": penalty}   # loss_g: on this step's fakes, every step
+    return {name: value.detach() for name, value in logged.items()}   # values to log, not graphs
 
 
 def build(args, image_shape, n_classes, device):
