@@ -1,6 +1,6 @@
 """What the GAN scripts share: flags, data (decoded once, batches cut on the device), grids and small file
 helpers. Nothing here changes what is learned or runs the loop: each script's main() writes out its own."""
-import argparse, hashlib, json, math, os, random, re, signal, sys, tempfile, time, warnings  # noqa: E401
+import argparse, hashlib, json, math, os, platform, random, re, signal, sys, tempfile, time, warnings  # noqa: E401
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -163,6 +163,10 @@ def autocast(device, enabled):
     """--amp: bfloat16 autocast, with no cast cache (the step changes the weights between its passes)."""
     if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UserError(f"--amp: {torch.cuda.get_device_name(device)} has no bfloat16 (GPUs have it from Ampere on)")
+    if enabled and device.type == "cpu" and platform.machine().lower() in ("x86_64", "amd64") and not (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):   # measured: 12x slower
+        raise UserError("--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX) and would emulate them, "
+                        "far slower than float32")
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # where autocast cannot run bfloat16, it warns and turns itself off
         try:
@@ -225,20 +229,25 @@ def log(folder, means, step, epoch, args, last_step, images_per_s):
     with open(folder / "losses.csv", "a") as f:
         f.write(",".join(["step", "epoch", *means]) + "\n" if f.tell() == 0 else "")
         f.write(",".join([str(step), str(epoch + 1), *(f"{m:.5f}" for m in means.values())]) + "\n")
-    left = (last_step - step) * args.batch_size / images_per_s if images_per_s else 0   # days too: runs may be long
-    speed = f"  {images_per_s:,.0f} img/s  {f'{left // 86400:.0f} d ' if left >= 86400 else ''}" + time.strftime(
-        "%H:%M:%S left", time.gmtime(left)) if left else ""
-    print(f"epoch {epoch + 1}/{args.epochs}  step {step}/{last_step}  "
-          + "  ".join(f"{n} {m:.4f}" for n, m in means.items()) + speed, flush=True)
+    line = f"epoch {epoch + 1}/{args.epochs}  step {step}/{last_step}  " + "  ".join(f"{n} {m:.4f}" for n, m in means.items())
+    if images_per_s:   # the time left counts days: runs may be long
+        left = (last_step - step) * args.batch_size / images_per_s
+        line += f"  {images_per_s:,.0f} img/s  " + (f"{left // 86400:.0f} d " if left >= 86400 else "") + time.strftime(
+            "%H:%M:%S left", time.gmtime(left))
+    print(line, flush=True)
 
 
 # --- Data --------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
 class Data:
     """Images as one uint8 tensor (N, C, H, W) and labels (N,): on the device when they fit a quarter of its free
     memory (the networks need the rest), else in host memory, each batch copied over."""
 
     def __init__(self, images, labels, class_names, device):
-        self.device, self.class_names, self.n_classes, self.shape = device, class_names, len(class_names), images.shape[1:]
+        self.device, self.class_names, self.n_classes = device, class_names, len(class_names)
+        self.shape = tuple(images.shape[1:])   # (C, H, W)
         fits = device.type != "cuda" or images.nbytes < torch.cuda.mem_get_info(device)[0] / 4
         self.images, self.labels = (images.to(device), labels.to(device)) if fits else (images, labels)
 
@@ -314,15 +323,15 @@ def folder_images(root, size):
     under a key of the files' names, sizes and times, and of `size`."""
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
-    images_in = lambda folder: sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    images_in = lambda folder: sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     classes, loose = [p.name for p in sorted(root.iterdir()) if p.is_dir() and images_in(p)], images_in(root)
     if classes and loose or not classes and not loose:
         raise UserError(f"{root} holds class sub-folders and, beside them, {len(loose)} image(s): move those into a "
-                        "sub-folder (a class)" if loose else f"{root} holds no images (.png, .jpg)")
+                        "sub-folder (a class)" if loose else f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     files = [file for name in classes for file in images_in(root / name)] or loose
     labels = torch.tensor([classes.index(f.parent.name) for f in files] if classes else [0] * len(files))
     try:
-        stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        stats = [(str(f.relative_to(root)), s.st_size, s.st_mtime_ns) for f, s in ((f, f.stat()) for f in files)]
     except OSError as error:   # gone since the listing
         raise UserError(f"{error.filename} cannot be read ({error.strerror})") from None
     stem = f"{root.name}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}-{size}px"

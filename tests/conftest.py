@@ -3,7 +3,6 @@ script in-process (fast) or as a real subprocess (exit codes, stderr, signals)."
 import gzip
 import inspect
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -28,15 +27,18 @@ SCRIPTS = ("gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan", "cyclegan")
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory):
-    """Folder caches (imagedata) go to a temporary folder, in-process and in subprocesses: the tests
+    """Folder caches go to a temporary folder, in-process and in subprocesses: the tests
     never write into the user's ~/.cache."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
 
 
-def pytest_configure(config):   # imagedata silences torchvision's decoder deprecation for users; pytest resets that
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:torchvision.io.image")
+@pytest.fixture(autouse=True)
+def cpu_with_bfloat16(monkeypatch):
+    """--amp's tests run as on a CPU with bfloat16 instructions: the same arithmetic, emulated here (slower).
+    tests/test_machines.py checks the refusal where they are missing."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
 
 
 def write_idx_dataset(folder, n_train=128, n_test=64, size=28, seed=0, compress=False):
@@ -138,21 +140,6 @@ def optimizer_steps():
         yield calls
     finally:
         handle.remove()
-
-
-def interrupt_training(script, out):
-    """Start a long run of `script` on fake data and press Ctrl-C once its first progress line is
-    out, as a user would. Returns (exit code, stdout, stderr)."""
-    command = [sys.executable, str(ROOT / script), "--dataset", "fake", "--epochs", "1000",
-               "--log-every", "1", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-    for line in process.stdout:   # wait until training is under way
-        if line.startswith("epoch"):
-            break
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    return process.returncode, stdout, stderr
 
 
 # ---------------------------------------------------------------------------------------------

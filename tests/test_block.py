@@ -4,12 +4,15 @@ and train_step takes its settings as named arguments with the script's own defau
 import ast
 import builtins
 import inspect
+import os
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, write_image_folder
 
 SCRIPTS = ("gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan", "cyclegan")
 
@@ -107,3 +110,55 @@ def test_the_pasted_block_trains_alone(script, monkeypatch):
     logged, before, generator = build_and_step(namespace, script)
     assert all(torch.isfinite(value).all() for value in logged.values())
     assert any(not torch.equal(old, new) for old, new in zip(before, generator.parameters()))   # G learned
+
+
+COPIED = """
+import importlib, os, sys
+from pathlib import Path
+folders = [Path(p) for p in sys.argv[1:]]
+for folder in folders:   # each script alone with common.py: nothing else of the repository is importable
+    os.chdir(folder)
+    sys.path[0] = str(folder)
+    for name in ("common", folder.name):
+        sys.modules.pop(name, None)
+    script, common = importlib.import_module(folder.name), importlib.import_module("common")
+    assert Path(script.__file__).parent == folder and Path(common.__file__).parent == folder
+    small = {"acgan": ["--width", "4"], "dcgan": ["--width", "4"], "cyclegan": ["--width", "4", "--blocks", "1"]}
+    for argv in (["--dataset", "fake", "--max-steps", "2", "--device", "cpu", *small.get(folder.name, [])],
+                 ["--resume", "--max-steps", "3"],
+                 ["--dataset", "folder", "--data-root", str(folder / "pictures"), "--max-steps", "1", "--batch-size",
+                  "4", "--out", str(folder / "mine"), *small.get(folder.name, [])]):
+        try:
+            script.main(argv)
+        except SystemExit as exit:
+            raise SystemExit(f"{folder.name} {argv}: exit {exit.code}")
+print("ok")
+"""
+
+
+def test_a_script_and_common_py_are_the_whole_program(tmp_path):
+    """Each script copied with common.py alone into an empty folder trains on made-up data, resumes, and
+    trains on a folder of images there; gan.py also as a command."""
+    folders = []
+    for script in SCRIPTS:
+        folder = tmp_path / script
+        folder.mkdir()
+        for name in (f"{script}.py", "common.py"):
+            shutil.copy(ROOT / name, folder / name)
+        pictures = folder / "pictures"
+        if script == "cyclegan":   # two sets of images, trainA/ and trainB/
+            for side in "AB":
+                write_image_folder(pictures / f"train{side}", classes=("x",), per_class=4, size=28)
+        else:
+            write_image_folder(pictures, classes=("cats", "dogs"), per_class=4, size=32)
+        folders.append(folder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", COPIED, *map(str, folders)], cwd=tmp_path, capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "ok", result.stdout[-2000:] + result.stderr
+    for folder in folders:
+        assert torch.load(folder / "runs" / folder.name / "checkpoint.pt", weights_only=True)["step"] == 3
+        assert (folder / "mine" / "checkpoint.pt").is_file()
+    command = subprocess.run([sys.executable, "gan.py", "--dataset", "fake", "--max-steps", "2", "--device", "cpu"],
+                             cwd=tmp_path / "gan", capture_output=True, text=True, env=env, timeout=300)
+    assert command.returncode == 0 and (tmp_path / "gan" / "runs" / "gan-2" / "checkpoint.pt").is_file(), command.stderr

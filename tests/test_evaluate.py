@@ -14,7 +14,7 @@ import torch
 import common
 import evaluate
 import gan
-from conftest import ROOT, load, run_inprocess, run_subprocess, to_uint8, write_idx_dataset
+from conftest import load, run_inprocess, run_subprocess, to_uint8, write_idx_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,15 +397,16 @@ def test_curve_orders_snapshots_by_epoch_past_999_and_skips_other_names(gan_run,
 # ---------------------------------------------------------------------------------------------
 # Where the data is: the run's own data root, found from anywhere
 # ---------------------------------------------------------------------------------------------
-def test_a_run_is_scored_from_another_directory(gan_run):
+def test_a_run_is_scored_from_another_directory(gan_run, monkeypatch, capsys):
     """The run trained with an absolute --data-root; evaluate.py runs elsewhere, given a relative path."""
     before = files_of(gan_run.parent)
-    result = run_subprocess("evaluate.py", gan_run.name, "--curve", "--n", "40", "--device", "cpu",
-                            cwd=gan_run.parent)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    monkeypatch.chdir(gan_run.parent)
+    capsys.readouterr()
+    assert run_inprocess(evaluate.main, [gan_run.name, "--curve", "--n", "40", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
     assert [line.split()[0] for line in lines if line[:5].strip().isdigit()] == ["1", "2", "3"]
-    assert sum("<- best FD" in line for line in lines) == 1 and "training the" not in result.stderr
+    assert sum("<- best FD" in line for line in lines) == 1 and "training the" not in printed.err
     assert files_of(gan_run.parent) == before         # neither in the run nor in the current directory
 
 

@@ -7,7 +7,7 @@ import torch
 
 import common
 import gan
-from conftest import (interrupt_training, learning_directions, load, run_inprocess, run_subprocess, state_tensors,
+from conftest import (learning_directions, load, run_inprocess, run_subprocess, state_tensors,
                       to_uint8, write_idx_dataset)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
@@ -292,15 +292,6 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     code = run_inprocess(gan.main, ["--resume", out / "checkpoint.pt", "--epochs", "2"])
     assert code == 1 and "NaN" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == good
-
-
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
-    out = tmp_path / "run"
-    code, stdout, stderr = interrupt_training("gan.py", out)
-    assert code == 130, stderr
-    assert "Traceback" not in stderr and "continue with: python gan.py --resume" in stdout
-    step = load(out / "checkpoint.pt")["step"]
-    assert step >= 1 and f"stopped at step {step}" in stdout
 
 
 def test_a_short_run_is_the_start_of_the_default_run(tmp_path):

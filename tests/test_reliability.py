@@ -27,7 +27,7 @@ import evaluate
 import gan
 import wgan
 import wgan_gp
-from conftest import ROOT, load, losses, run_inprocess, run_subprocess, write_idx_dataset, write_image_folder
+from conftest import ROOT, load, losses, run_inprocess, write_idx_dataset, write_image_folder
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -175,49 +175,50 @@ def help_blocks(text):
 # ---------------------------------------------------------------------------------------------
 # 1. Unwritable places are refused with one line, before any work
 # ---------------------------------------------------------------------------------------------
-def test_out_inside_an_unwritable_folder(tmp_path, make_unwritable):
+def test_out_inside_an_unwritable_folder(tmp_path, make_unwritable, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
     make_unwritable(locked)
     before = listing(tmp_path)
-    result = run_subprocess("gan.py", *FAKE, "--max-steps", "1", "--out", locked / "run")
-    assert result.returncode == 2, result.stderr
-    assert re.fullmatch(rf"gan\.py: error: cannot create the run folder {re.escape(str(locked / 'run'))} "
-                        r"\([^)]+\); choose another --out", one_line(result.stderr))
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", locked / "run"]) == 2
+    assert re.fullmatch(rf"\S+: error: cannot create the run folder {re.escape(str(locked / 'run'))} "
+                        r"\([^)]+\); choose another --out", one_line(capsys.readouterr().err))
     assert listing(tmp_path) == before
 
 
-def test_resume_of_an_unwritable_run_is_refused_before_training(tmp_path, make_unwritable):
+def test_resume_of_an_unwritable_run_is_refused_before_training(tmp_path, make_unwritable, capsys):
     run = train(gan, tmp_path / "run", "--max-steps", "2")
     make_unwritable(run)   # the files inside stay writable: losses.csv could still be appended to
     before = listing(tmp_path)
-    result = run_subprocess("gan.py", "--resume", run / "checkpoint.pt", "--max-steps", "4")
-    assert result.returncode == 2, result.stderr
-    assert re.fullmatch(rf"gan\.py: error: cannot write in {re.escape(str(run))} \([^)]+\); nothing was changed",
-                        one_line(result.stderr))
-    assert not any(line.startswith("epoch") for line in result.stdout.splitlines()), result.stdout
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", run / "checkpoint.pt", "--max-steps", "4"]) == 2
+    printed = capsys.readouterr()
+    assert re.fullmatch(rf"\S+: error: cannot write in {re.escape(str(run))} \([^)]+\); nothing was changed",
+                        one_line(printed.err))
+    assert not any(line.startswith("epoch") for line in printed.out.splitlines()), printed.out
     assert listing(tmp_path) == before
     assert load(run / "checkpoint.pt")["step"] == 2 and [row["step"] for row in losses(run)] == [1, 2]
 
 
-def test_generate_into_an_unwritable_run_is_refused(tmp_path, make_unwritable):
+def test_generate_into_an_unwritable_run_is_refused(tmp_path, make_unwritable, capsys):
     run = train(gan, tmp_path / "run", "--max-steps", "1")
     make_unwritable(run)
     before = listing(tmp_path)
-    result = run_subprocess("gan.py", "--generate", "5", "--resume", run)
-    assert result.returncode == 2, result.stderr
-    assert re.fullmatch(rf"gan\.py: error: cannot write in {re.escape(str(run))} \([^)]+\); nothing was changed",
-                        one_line(result.stderr))
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--generate", "5", "--resume", run]) == 2
+    assert re.fullmatch(rf"\S+: error: cannot write in {re.escape(str(run))} \([^)]+\); nothing was changed",
+                        one_line(capsys.readouterr().err))
     assert listing(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. SIGTERM and Ctrl-C stop at a step boundary with a checkpoint, and the run goes on from it
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_saves_a_checkpoint_and_the_run_goes_on(tmp_path, capsys, signum, code):
-    run = tmp_path / "run"
-    returncode, stdout, stderr = interrupt(run, signum)
+def test_sigterm_saves_a_checkpoint_and_the_run_goes_on(tmp_path, capsys):
+    """A real signal, to a real process (as a cluster's scheduler sends it); tests/test_machines.py and the
+    test below send Ctrl-C's."""
+    run, code = tmp_path / "run", 143
+    returncode, stdout, stderr = interrupt(run, signal.SIGTERM)
     assert returncode == code, stdout + stderr
     assert "Traceback" not in stderr and stderr.strip() == "", stderr
     ckpt = run / "checkpoint.pt"
@@ -239,6 +240,33 @@ def test_a_stop_signal_saves_a_checkpoint_and_the_run_goes_on(tmp_path, capsys, 
         (str(n + 1), str(n + 2)), (str(n + 2), str(n + 2))]
     assert [row["step"] for row in losses(run)][-3:] == [n, n + 1, n + 2]
     assert before.keys() <= listing(run).keys()
+
+
+@pytest.mark.parametrize("script", ["gan", "cgan", "acgan", "wgan", "wgan_gp", "dcgan", "cyclegan"])
+def test_every_script_s_loop_stops_on_ctrl_c_after_the_step_and_goes_on_exactly(tmp_path, monkeypatch, capsys, script):
+    """Ctrl-C during step 5: the step ends, the checkpoint is written, the command that continues is the last
+    line and the exit code is 130; going on from it gives the weights an unbroken run has."""
+    module = __import__(script)
+    small = {"acgan": ["--width", "4"], "dcgan": ["--width", "4"], "cyclegan": ["--width", "4", "--blocks", "1"]}
+    flags = [*FAKE, "--batch-size", "16", "--epochs", "1", *small.get(script, [])]
+    step, calls = module.train_step, []
+
+    def pressed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(*args, **kwargs)
+    monkeypatch.setattr(module, "train_step", pressed)
+    assert run_inprocess(module.main, [*flags, "--max-steps", "8", "--out", tmp_path / "parts"]) == 130
+    ckpt = tmp_path / "parts" / "checkpoint.pt"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"stopped at step 5; continue with: python {script}.py " \
+                                                                f"--resume {ckpt}"
+    monkeypatch.setattr(module, "train_step", step)
+    assert run_inprocess(module.main, ["--resume", ckpt, "--max-steps", "8"]) == 0
+    assert run_inprocess(module.main, [*flags, "--max-steps", "8", "--out", tmp_path / "whole"]) == 0
+    parts, whole = load(ckpt), load(tmp_path / "whole" / "checkpoint.pt")
+    assert parts["step"] == whole["step"] == 8
+    assert all(torch.equal(tensor, parts["sampler"][name]) for name, tensor in whole["sampler"].items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,15 +449,14 @@ def test_a_folder_dataset_says_what_was_found(tmp_path, capsys, mode, channels):
     assert load(out / "checkpoint.pt")["class_names"] == ["cats", "dogs", "owls"]
 
 
-def test_loose_images_beside_class_folders_are_refused(tmp_path):
+def test_loose_images_beside_class_folders_are_refused(tmp_path, capsys):
     root = write_image_folder(tmp_path / "pictures", per_class=4, mode="L")
     (root / "stray.png").write_bytes((root / "cats" / "0.png").read_bytes())   # one image beside the classes
     before = listing(tmp_path)
-    result = run_subprocess("gan.py", "--dataset", "folder", "--data-root", root, "--batch-size", "4",
-                            "--max-steps", "1", "--out", tmp_path / "run")
-    assert result.returncode == 2, result.stderr
-    line = one_line(result.stderr)
-    assert line.startswith(f"gan.py: error: {root} ") and "move those into a sub-folder" in line, line
+    assert run_inprocess(gan.main, ["--dataset", "folder", "--data-root", root, "--batch-size", "4",
+                                    "--max-steps", "1", "--out", tmp_path / "run"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert re.match(rf"\S+: error: {re.escape(str(root))} ", line) and "move those into a sub-folder" in line, line
     assert listing(tmp_path) == before   # no run folder, nothing else
 
 
@@ -464,10 +491,11 @@ def test_resuming_a_finished_run_says_nothing_is_left(tmp_path, capsys):
     ckpt = run / "checkpoint.pt"
     assert load(ckpt)["step"] == 8
     before = listing(tmp_path)
-    result = run_subprocess("gan.py", "--resume", ckpt)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr and result.stderr.strip() == "", result.stderr
-    last = result.stdout.strip().splitlines()[-1]
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", ckpt]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.strip() == "", printed.err
+    last = printed.out.strip().splitlines()[-1]
     assert last == f"nothing left to train: the run has made 8 steps; go on with python gan.py --resume {ckpt} " \
                    "--epochs N (more than 1)", last
     assert listing(tmp_path) == before
@@ -588,15 +616,15 @@ def test_out_naming_a_file_is_refused(tmp_path, capsys):
     assert listing(tmp_path) == before
 
 
-def test_an_immutable_empty_out_is_refused_before_any_step(tmp_path, make_unwritable):
+def test_an_immutable_empty_out_is_refused_before_any_step(tmp_path, make_unwritable, capsys):
     (tmp_path / "frozen").mkdir()
     frozen = make_unwritable(tmp_path / "frozen")
     before = listing(tmp_path)
-    result = run_subprocess("gan.py", *FAKE, "--max-steps", "1", "--out", frozen)
-    assert result.returncode == 2, result.stderr
-    assert re.fullmatch(rf"gan\.py: error: cannot write in {re.escape(str(frozen))} \([^)]+\); nothing was changed",
-                        one_line(result.stderr))
-    assert not any(line.startswith("epoch") for line in result.stdout.splitlines()), result.stdout
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", frozen]) == 2
+    printed = capsys.readouterr()
+    assert re.fullmatch(rf"\S+: error: cannot write in {re.escape(str(frozen))} \([^)]+\); nothing was changed",
+                        one_line(printed.err))
+    assert not any(line.startswith("epoch") for line in printed.out.splitlines()), printed.out
     assert listing(tmp_path) == before
 
 

@@ -8,7 +8,7 @@ import torch
 
 import common
 import wgan
-from conftest import (interrupt_training, learning_directions, load, losses, optimizer_steps, run_inprocess,
+from conftest import (learning_directions, load, losses, optimizer_steps, run_inprocess,
                       state_tensors)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
@@ -216,15 +216,6 @@ def test_a_nan_score_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert run_inprocess(wgan.main, ["--resume", out / "checkpoint.pt", "--max-steps", "2"]) == 1
     assert "NaN" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == good
-
-
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
-    out = tmp_path / "run"
-    code, stdout, stderr = interrupt_training("wgan.py", out)
-    assert code == 130, stderr
-    assert "Traceback" not in stderr and "continue with: python wgan.py --resume" in stdout
-    step = load(out / "checkpoint.pt")["step"]
-    assert step >= 1 and f"stopped at step {step}" in stdout
 
 
 def test_a_step_moves_the_critic_and_g_in_the_direction_of_the_game():
