@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torchvision.datasets.utils import check_integrity
-from torchvision.transforms.functional import center_crop, resize
+from torchvision.transforms.functional import center_crop, resize as resize_image
 from torchvision.utils import save_image
 
 try:   # a lock the OS lets go of when the process ends, even on kill -9
@@ -210,7 +210,8 @@ def update_average(average, network, decay, n):
 
 @contextmanager
 def stop_requests():
-    """In the block, Ctrl-C and SIGTERM land in the list it gives (the loop stops after its step); a second stops now."""
+    """In the block, Ctrl-C and SIGTERM land in the list it gives (the loop stops after its step); a second one
+    stops at once."""
     def request(signum, frame):
         if requested:
             raise KeyboardInterrupt
@@ -229,7 +230,8 @@ def log(folder, means, step, epoch, args, last_step, images_per_s):
     with open(folder / "losses.csv", "a") as f:
         f.write(",".join(["step", "epoch", *means]) + "\n" if f.tell() == 0 else "")
         f.write(",".join([str(step), str(epoch + 1), *(f"{m:.5f}" for m in means.values())]) + "\n")
-    line = f"epoch {epoch + 1}/{args.epochs}  step {step}/{last_step}  " + "  ".join(f"{n} {m:.4f}" for n, m in means.items())
+    line = f"epoch {epoch + 1}/{args.epochs}  step {step}/{last_step}  " + "  ".join(
+        f"{name} {mean:.4f}" for name, mean in means.items())
     if images_per_s:   # the time left counts days: runs may be long
         left = (last_step - step) * args.batch_size / images_per_s
         line += f"  {images_per_s:,.0f} img/s  " + (f"{left // 86400:.0f} d " if left >= 86400 else "") + time.strftime(
@@ -268,8 +270,7 @@ class Data:
 
 
 def load_data(args, device, checkpoint=None, train=True):
-    """The dataset the flags name, resized once to --img-size, a chunk at a time (a float copy of a dataset
-    takes four times its bytes: CIFAR-10 at 128 px, 10 GB)."""
+    """The dataset the flags name, resized once to --img-size."""
     root, size = Path(args.data_root or "data"), args.img_size
     if args.dataset == "fake":   # grey noise with a bright square whose place is the class
         labels, classes = torch.arange(512) % 10, [str(k) for k in range(10)]
@@ -287,11 +288,18 @@ def load_data(args, device, checkpoint=None, train=True):
         raise UserError(f"the dataset has {len(images)} images, fewer than --batch-size {args.batch_size}")
     if checkpoint and checkpoint["n_classes"] != len(classes):   # a folder changed since the run began
         raise UserError(f"the data has {len(classes)} classes; the run trained on {checkpoint['n_classes']}")
-    if images.shape[-2:] != (size, size):
-        resized, images = images, torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
-        for part, chunk in zip(images.split(1000), resized.split(1000)):
-            part.copy_(F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True).round_())
-    return Data(images, labels, classes, device)
+    return Data(resize(images, size), labels, classes, device)
+
+
+def resize(images, size):
+    """uint8 (N, C, H, W) -> (N, C, size, size), antialiased bilinear, a chunk at a time (a float copy of a whole
+    dataset takes four times its bytes: CIFAR-10 at 128 px, 10 GB)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8, device=images.device)
+    for part, chunk in zip(out.split(1000), images.split(1000)):
+        part.copy_(F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True).round_())
+    return out
 
 
 def torchvision_images(name, root, train):
@@ -357,7 +365,8 @@ def folder_images(root, size):
         for old in cache.parent.glob(f"{stem}-*.npy"):   # this folder's stale caches
             old.unlink()
         save_atomically(images, cache)
-        print(f"images cached in {cache} ({images.nbytes / 2**20:,.1f} MB); delete it to free the space", file=sys.stderr)
+        print(f"images cached in {cache} ({images.nbytes / 2**20:,.1f} MB); delete it to free the space",
+              file=sys.stderr)
     except OSError as error:
         print(f"no cache written ({error.strerror or error}): the images are decoded at every start", file=sys.stderr)
     return torch.from_numpy(images), labels, classes or [root.name]
@@ -370,7 +379,7 @@ def decode(path, size):
             pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)   # (3, H, W)
     except Exception as error:   # truncated, not an image, too large, gone: the file is named
         raise UserError(f"{path} cannot be read ({error}); replace or remove it") from None
-    return center_crop(resize(pixels, size, antialias=True), size).numpy()
+    return center_crop(resize_image(pixels, size, antialias=True), size).numpy()
 
 
 # --- Grids, samples and files ------------------------------------------------------------------

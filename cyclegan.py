@@ -126,12 +126,8 @@ def load_unpaired(args, device, train=True, channels=None):
         b = [thicken(data.images[-half:]), data.labels[-half:], data.class_names]
     if train and min(len(a[0]), len(b[0])) < args.batch_size:
         raise common.UserError(f"A has {len(a[0])} images and B {len(b[0])}: fewer than --batch-size {args.batch_size}")
-    pair = []
-    for images, labels, names in (a, b):
-        if images.shape[-1] != args.img_size:
-            images = F.interpolate(images.float(), size=(args.img_size,) * 2, mode="bilinear", antialias=True)
-            images = images.round().clamp(0, 255).to(torch.uint8)
-        pair.append(common.Data(images.contiguous(), labels, names, device))
+    pair = [common.Data(common.resize(images, args.img_size).contiguous(), labels, names, device)
+            for images, labels, names in (a, b)]
     return Unpaired(*pair, augment=train and getattr(args, "augment", False), split=split)
 
 
@@ -382,15 +378,15 @@ def main(argv=None):
         step = checkpoint["step"]
         common.set_rng_state(checkpoint["rng"], device)
     if step >= last_step:
-        return print(f"nothing left to train: the run has made {step} steps; go on with python cyclegan.py --resume "
-                     f"{args.resume} --epochs N (more than {args.epochs})")
+        return print(f"nothing left to train: the run has made {step} steps; go on with python {args.script}.py "
+                     f"--resume {args.resume} --epochs N (more than {args.epochs})")
     if args.compile:   # fused kernels; the first steps wait for the compiler
         translator.g_ab.compile(), translator.g_ba.compile(), d_a.compile(), d_b.compile()
     amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
     settings = {"lambda_cycle": args.lambda_cycle, "lambda_identity": args.lambda_identity,
                 "label_smoothing": args.label_smoothing, "label_exchange": args.label_exchange}   # by name
     folder, lock = common.claim_folder(Path(args.out), resume=checkpoint is not None)   # locked: one process a run
-    meta = {"script": "cyclegan", "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
+    meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
             "class_names": data.class_names}
     print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
 
@@ -408,15 +404,15 @@ def main(argv=None):
                 step, count, sums = step + 1, count + 1, sums + torch.stack([v.float() for v in logged.values()])
                 if step == start + 1:   # the first step waits for allocations (and the compiler): not in the rate
                     clock = (time.perf_counter(), step)
-                end = step % steps == 0 or step >= last_step or stop   # an epoch's end, --max-steps, Ctrl-C, SIGTERM
+                end = step % steps == 0 or step >= last_step or stop   # epoch's end, --max-steps, Ctrl-C, SIGTERM
                 due = time.monotonic() - saved > 60 * args.checkpoint_every   # or a checkpoint every few minutes
                 if step % args.log_every == 0 or end or due:
                     means = dict(zip(logged, (sums / count).tolist()))   # the one read from the device
                     rate = (step - clock[1]) * args.batch_size / (time.perf_counter() - clock[0])
                     common.log(folder, means, step, epoch, args, last_step, rate)
                     if not all(map(math.isfinite, means.values())):   # before a checkpoint could keep it
-                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if any, "
-                              f"is {folder / 'checkpoint.pt'}", file=sys.stderr)
+                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if "
+                              f"any, is {folder / 'checkpoint.pt'}", file=sys.stderr)
                         sys.exit(1)
                     sums, count, clock = 0, 0, (time.perf_counter(), step)
                 if end or due:
@@ -433,7 +429,8 @@ def main(argv=None):
                                     "epoch": step // steps, "rng": common.rng_state(device)}, folder / "checkpoint.pt")
             saved, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
             if stop:
-                print(f"stopped at step {step}; continue with: python cyclegan.py --resume {folder / 'checkpoint.pt'}")
+                print(f"stopped at step {step}; continue with: python {args.script}.py --resume "
+                      f"{folder / 'checkpoint.pt'}")
                 sys.exit(128 + stop[0])
     print(f"done: {step} steps; grids, losses.csv, snapshots and checkpoint.pt in {folder}")
 

@@ -351,15 +351,6 @@ def read_npz(path, n):
     return torch.from_numpy(images[:n].copy()), labels
 
 
-def resize(images, size):
-    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), antialiased bilinear: how common.load_data
-    resizes a dataset for --img-size, so a round trip here mirrors what the run trained on."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
 def find_data_root(given, run_root):
     """--data-root, else the run's own: as given, or relative to this repository when run elsewhere."""
     root = Path(given or run_root or "data")
@@ -434,31 +425,32 @@ def translation_scores(args, sources, run_args, dataset, device):
     n, size = min(args.n, len(test.images)), run_args["img_size"]
     thin, labels = test.images[:n].cpu(), test.labels[:n].cpu()
     thick = cyclegan.thicken(thin)
-    a_to_b = cyclegan.translate(translator.g_ab, resize(thin, size))     # what the run was given: its own size
-    b_to_a = cyclegan.translate(translator.g_ba, resize(thick, size))
+    a_to_b = cyclegan.translate(translator.g_ab, common.resize(thin, size))     # what the run was given: its own size
+    b_to_a = cyclegan.translate(translator.g_ba, common.resize(thick, size))
     a_back, b_back = cyclegan.translate(translator.g_ba, a_to_b), cyclegan.translate(translator.g_ab, b_to_a)
     classifier, _ = get_classifier(dataset, data_root, train, test, device)
     pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))[:n]
-    floor_thin = resize(resize(train.images[pick.to(train.images.device)].cpu(), size), CLASSIFIER_SIZE)
-    real_thin, real_thick = (resize(resize(images, size), CLASSIFIER_SIZE) for images in (thin, thick))
+    floor_thin = common.resize(common.resize(train.images[pick.to(train.images.device)].cpu(), size),
+                               CLASSIFIER_SIZE)
+    real_thin, real_thick = (common.resize(common.resize(images, size), CLASSIFIER_SIZE) for images in (thin, thick))
 
     def fd(images, reference):
-        features = classify(classifier, resize(images, CLASSIFIER_SIZE))[0]
+        features = classify(classifier, common.resize(images, CLASSIFIER_SIZE))[0]
         return frechet_distance_of(features, classify(classifier, reference)[0])
 
     def agreement(images):
-        return accuracy(classify(classifier, resize(images, CLASSIFIER_SIZE))[1], labels)
+        return accuracy(classify(classifier, common.resize(images, CLASSIFIER_SIZE))[1], labels)
 
     def cycle_error(images, back):
-        return (resize(back, size).float() - resize(images, size).float()).abs().mean().item() / 255
+        return (common.resize(back, size).float() - common.resize(images, size).float()).abs().mean().item() / 255
     result = {"source": str(path), "script": "cyclegan", "dataset": "thin2thick", "n": n, "image_size": size,
               "a_to_b_class_accuracy": agreement(a_to_b), "b_to_a_class_accuracy": agreement(b_to_a),
               "thick_class_accuracy": agreement(real_thick), "thin_class_accuracy": agreement(real_thin),
               "a_to_b_fd": fd(a_to_b, real_thick), "a_to_b_fd_floor": fd(cyclegan.thicken(floor_thin), real_thick),
               "b_to_a_fd": fd(b_to_a, real_thin), "b_to_a_fd_floor": fd(floor_thin, real_thin),
               "a_to_b_unchanged_fd": fd(thin, real_thick),
-              "cycle_error_a": cycle_error(resize(thin, size), a_back),
-              "cycle_error_b": cycle_error(resize(thick, size), b_back)}
+              "cycle_error_a": cycle_error(common.resize(thin, size), a_back),
+              "cycle_error_b": cycle_error(common.resize(thick, size), b_back)}
     if args.json:
         return json.dumps(result)
     r = result
@@ -485,11 +477,12 @@ def scores(images, labels, classifier, test, train, real, test_probabilities):
         # Real images take the samples' detour (28 -> run size -> 28): the blur of resizing is on both sides.
         # The floor uses as many training images as there are samples: an FD of few samples is biased upwards.
         pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(0))[:n]
-        test_statistics = gaussian_statistics(classify(classifier, resize(resize(test.images, size), 28))[0])
-        floor_features = classify(classifier, resize(resize(train.images[pick.to(train.images.device)], size), 28))[0]
+        round_trip = lambda images: common.resize(common.resize(images, size), CLASSIFIER_SIZE)   # noqa: E731
+        test_statistics = gaussian_statistics(classify(classifier, round_trip(test.images))[0])
+        floor_features = classify(classifier, round_trip(train.images[pick.to(train.images.device)]))[0]
         real[size] = test_statistics, frechet_distance(*gaussian_statistics(floor_features), *test_statistics)
     test_statistics, fd_floor = real[size]
-    features, probabilities = classify(classifier, resize(images, CLASSIFIER_SIZE))
+    features, probabilities = classify(classifier, common.resize(images, CLASSIFIER_SIZE))
     return {"n": n, "image_size": size, "n_test": len(test.images), "n_floor": n,
             "fd": frechet_distance(*gaussian_statistics(features), *test_statistics), "fd_floor": fd_floor,
             "class_accuracy": accuracy(probabilities, labels) if labels is not None else None,

@@ -215,19 +215,19 @@ def main(argv=None):
         fixed_noise, step = checkpoint["fixed_noise"].to(device), checkpoint["step"]
         common.set_rng_state(checkpoint["rng"], device)
     if step >= last_step:
-        return print(f"nothing left to train: the run has made {step} steps; go on with python wgan.py --resume "
-                     f"{args.resume} --epochs N (more than {args.epochs})")
+        return print(f"nothing left to train: the run has made {step} steps; go on with python {args.script}.py "
+                     f"--resume {args.resume} --epochs N (more than {args.epochs})")
     if args.compile:   # fused kernels; the first steps wait for the compiler
         generator.compile(), critic.compile()
     amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
     settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange, "clip": args.clip}   # by name
     folder, lock = common.claim_folder(Path(args.out), resume=checkpoint is not None)   # locked: one process a run
-    meta = {"script": "wgan", "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
+    meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
             "class_names": data.class_names}
     print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
 
-    # The loop: a critic update per batch and a G update on G's turns, a progress line every --log-every steps; at each epoch's
-    # end (and at --max-steps, Ctrl-C or SIGTERM) a grid, a snapshot and the checkpoint
+    # The loop: a critic update per batch and a G update on G's turns, a progress line every --log-every
+    # steps; at each epoch's end (and at --max-steps, Ctrl-C or SIGTERM) a grid, a snapshot and the checkpoint
     start, sums, count, clock, saved = step, 0, 0, (time.perf_counter(), step), time.monotonic()
     with lock, common.stop_requests() as stop:
         while step < last_step:
@@ -243,33 +243,34 @@ def main(argv=None):
                 step, count, sums = step + 1, count + 1, sums + torch.stack([v.float() for v in logged.values()])
                 if step == start + 1:   # the first step waits for allocations (and the compiler): not in the rate
                     clock = (time.perf_counter(), step)
-                end = step % steps == 0 or step >= last_step or stop   # an epoch's end, --max-steps, Ctrl-C, SIGTERM
+                end = step % steps == 0 or step >= last_step or stop   # epoch's end, --max-steps, Ctrl-C, SIGTERM
                 due = time.monotonic() - saved > 60 * args.checkpoint_every   # or a checkpoint every few minutes
                 if step % args.log_every == 0 or end or due:
                     means = dict(zip(logged, (sums / count).tolist()))   # the one read from the device
                     rate = (step - clock[1]) * args.batch_size / (time.perf_counter() - clock[0])
                     common.log(folder, means, step, epoch, args, last_step, rate)
                     if not all(map(math.isfinite, means.values())):   # before a checkpoint could keep it
-                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if any, "
-                              f"is {folder / 'checkpoint.pt'}", file=sys.stderr)
+                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if "
+                              f"any, is {folder / 'checkpoint.pt'}", file=sys.stderr)
                         sys.exit(1)
                     sums, count, clock = 0, 0, (time.perf_counter(), step)
                 if end or due:
                     break
             if end:   # a grid, and at an epoch's end maybe a snapshot
                 with torch.no_grad():
-                    common.save_grid(average(fixed_noise), folder, f"epoch_{epoch + 1:03d}.png" if step % steps == 0
-                                     else f"step_{step:07d}.png")
+                    common.save_grid(average(fixed_noise), folder, f"epoch_{epoch + 1:03d}.png"
+                                     if step % steps == 0 else f"step_{step:07d}.png")
                 if step % steps == 0 and (epoch == 0 or (epoch + 1) % args.snapshot_every == 0 or step >= last_step
                                           or stop):
                     common.save_atomically({**meta, "epoch": epoch + 1, "sampler": average.state_dict()},
                                            folder / f"generator_epoch_{epoch + 1:03d}.pt")
             common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
-                                    "epoch": step // steps, "fixed_noise": fixed_noise, "rng": common.rng_state(device)},
-                                   folder / "checkpoint.pt")
+                                    "epoch": step // steps, "fixed_noise": fixed_noise,
+                                    "rng": common.rng_state(device)}, folder / "checkpoint.pt")
             saved, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
             if stop:
-                print(f"stopped at step {step}; continue with: python wgan.py --resume {folder / 'checkpoint.pt'}")
+                print(f"stopped at step {step}; continue with: python {args.script}.py --resume "
+                      f"{folder / 'checkpoint.pt'}")
                 sys.exit(128 + stop[0])
     print(f"done: {step} steps; grids, losses.csv, snapshots and checkpoint.pt in {folder}")
 

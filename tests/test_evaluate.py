@@ -191,7 +191,7 @@ def test_class_accuracy_follows_the_labels_and_coverage_sees_a_collapse(tiny, tm
 def test_images_of_another_size_are_resized_like_the_real_ones(tiny, tmp_path, capsys):
     """A run with --img-size 32 trained on MNIST resized to 32: its own test images at 32x32,
     resized back, must match the test set that went through the same round trip."""
-    test32 = evaluate.resize(tiny["test"], 32)
+    test32 = common.resize(tiny["test"], 32)
     assert test32.shape == (N_TEST, 1, 32, 32) and test32.dtype == torch.uint8
     result = score(write_npz(tmp_path / "test32.npz", test32, tiny["labels"]), tiny["root"], capsys, "--n", N_TEST)
     assert result["image_size"] == 32 and result["fd"] < 1e-6
