@@ -261,8 +261,9 @@ class Data:
         """An epoch of (images in [-1, 1], labels), ordered by (seed, epoch) alone, so a resumed run sees the
         batches an unbroken one would; `skip`: those already seen. The short last batch is dropped."""
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order = order.to(self.images.device)   # once an epoch: a copy to a GPU waits for it
         for i in range(skip, len(order) // batch_size):
-            index = order[i * batch_size:(i + 1) * batch_size].to(self.images.device)
+            index = order[i * batch_size:(i + 1) * batch_size]
             images, labels = self.images[index], self.labels[index]
             if images.device != self.device:   # from pinned memory, the copy overlaps the GPU's work
                 images, labels = (t.pin_memory().to(self.device, non_blocking=True) for t in (images, labels))
