@@ -168,7 +168,7 @@ def main(argv=None):
         return common.generate(load_generator(args.resume, device), args, checkpoint["n_classes"])
 
     # Data, networks, G's moving average (it makes the grids, snapshots and --generate's samples), schedules
-    data = common.load_data(args, device, checkpoint)   # decoded once; batches are cut on the device
+    data = common.load_data(args, device, checkpoint)   # decoded once; batches cut where the data lives
     generator, discriminator, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     average = copy.deepcopy(generator).eval().requires_grad_(False)
     steps, step = len(data.images) // args.batch_size, 0   # per epoch: the short last batch is dropped
@@ -186,23 +186,25 @@ def main(argv=None):
         fixed_noise, step = checkpoint["fixed_noise"].to(device), checkpoint["step"]
         common.set_rng_state(checkpoint["rng"], device)
     if step >= last_step:
-        return print(f"nothing left to train: the run has made {step} steps; go on with python {args.script}.py "
-                     f"--resume {args.resume} --epochs N (more than {args.epochs})")
+        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} and "
+              "a larger --epochs or --max-steps (past the default --epochs, the rate steps back up)")
+        return
     if args.compile:   # fused kernels; the first steps wait for the compiler
-        generator.compile(), discriminator.compile()
+        for network in (generator, discriminator):
+            network.compile()
     amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
     settings = {"latent_dim": args.latent_dim, "label_smoothing": args.label_smoothing,
                 "label_exchange": args.label_exchange}   # train_step's, by name
-    folder, lock = common.claim_folder(Path(args.out), resume=checkpoint is not None)   # locked: one process a run
     meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
             "class_names": data.class_names}
-    print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
 
-    # The loop: a D and a G update per batch, a progress line every --log-every steps; at each epoch's
-    # end (and at --max-steps, Ctrl-C or SIGTERM) a grid, a snapshot and the checkpoint
-    start, sums, count, clock, saved = step, 0, 0, (time.perf_counter(), step), time.monotonic()
-    with lock, common.stop_requests() as stop:
-        while step < last_step:
+    # The loop: a D and a G update per batch, a progress line every --log-every steps, the checkpoint every
+    # --checkpoint-every minutes; at each epoch's end (and at --max-steps, Ctrl-C or SIGTERM) a grid (and
+    # progress.gif), the checkpoint, and at the epoch's end maybe a snapshot. The run's folder is locked meanwhile.
+    with common.claim_folder(Path(args.out), checkpoint and step) as folder, common.stop_requests() as stop:
+        print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
+        start, sums, count, clock, saved_at = step, 0, 0, (time.perf_counter(), step), time.monotonic()
+        while step < last_step:   # an epoch, or its rest after a periodic checkpoint (the for loop ends in a break)
             epoch = step // steps
             for real_images, real_labels in data.batches(args.batch_size, epoch, args.seed, skip=step % steps):
                 with amp:
@@ -214,14 +216,14 @@ def main(argv=None):
                 if step == start + 1:   # the first step waits for allocations (and the compiler): not in the rate
                     clock = (time.perf_counter(), step)
                 end = step % steps == 0 or step >= last_step or stop   # epoch's end, --max-steps, Ctrl-C, SIGTERM
-                due = time.monotonic() - saved > 60 * args.checkpoint_every   # or a checkpoint every few minutes
+                due = time.monotonic() - saved_at > 60 * args.checkpoint_every   # or a checkpoint every few minutes
                 if step % args.log_every == 0 or end or due:
                     means = dict(zip(logged, (sums / count).tolist()))   # the one read from the device
                     rate = (step - clock[1]) * args.batch_size / (time.perf_counter() - clock[0])
                     common.log(folder, means, step, epoch, args, last_step, rate)
                     if not all(map(math.isfinite, means.values())):   # before a checkpoint could keep it
-                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if "
-                              f"any, is {folder / 'checkpoint.pt'}", file=sys.stderr)
+                        print(f"a loss is NaN or infinite at step {step}: stopped before a checkpoint kept it; "
+                              "resumed, the run repeats its steps: start again with a smaller --lr", file=sys.stderr)
                         sys.exit(1)
                     sums, count, clock = 0, 0, (time.perf_counter(), step)
                 if end or due:
@@ -237,7 +239,7 @@ def main(argv=None):
             common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
                                     "epoch": step // steps, "fixed_noise": fixed_noise,
                                     "rng": common.rng_state(device)}, folder / "checkpoint.pt")
-            saved, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
+            saved_at, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
             if stop:
                 print(f"stopped at step {step}; continue with: python {args.script}.py --resume "
                       f"{folder / 'checkpoint.pt'}")

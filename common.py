@@ -1,6 +1,8 @@
 """What the GAN scripts share: flags, data (decoded once, batches cut on the device), grids and small file
-helpers. Nothing here changes what is learned or runs the loop: each script's main() writes out its own."""
-import argparse, hashlib, json, math, os, platform, random, re, signal, sys, tempfile, time, warnings  # noqa: E401
+helpers. No network, loss or training step lives here, and nothing runs the loop: each script's main() writes
+out its own."""
+import argparse, glob, hashlib, json, math, os, platform, random, re, signal, sys, tempfile, time  # noqa: E401
+import warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,12 +32,15 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:   # before training, or a second Ctrl-C
         print(f"\n{Path(sys.argv[0]).name}: interrupted; the last checkpoint, if any, is kept", file=sys.stderr)
         sys.exit(130)
-    except (UserError, RuntimeError) as error:   # a RuntimeError only when it is an allocation refused
-        if not isinstance(error, UserError) and not re.search(r"out of memory|can't allocate memory", str(error)):
+    except UserError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as error:   # an allocation refused (CUDA's words, or the CPU allocator's) is one line too
+        if not re.search(r"out of memory|can't allocate memory", str(error)):
             raise
-        why = error if isinstance(error, UserError) else (f"not enough memory ({str(error).splitlines()[0][:60]}): "
-              "make --batch-size, --img-size, --latent-dim, and --width or --blocks where the script has them smaller")
-        print(f"{Path(sys.argv[0]).name}: error: {why}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: not enough memory ({str(error).splitlines()[0][:60]}): make "
+              "--batch-size, --img-size, --latent-dim, and --width or --blocks where the script has them smaller",
+              file=sys.stderr)
         sys.exit(2)
 
 
@@ -121,7 +126,7 @@ def parse_args(parser, argv=None):
     keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps", "label")}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
     may_change = {"epochs", "max_steps", "device", "compile", "amp", "log_every", "snapshot_every", "checkpoint_every",
-                  "resume", "generate", "out", "label", *(["seed"] if args.generate else [])}
+                  "resume", "generate", "out", "label", *(["seed", "data_root"] if args.generate else [])}
     for name, value in vars(args).items():   # a changed --lr would otherwise be silently ignored
         if name in saved and name not in may_change and saved[name] != value:
             raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]!r})")
@@ -140,8 +145,8 @@ def last_run(out, script):
     runs = [p for p in out.parent.glob("*") if re.fullmatch(re.escape(out.name) + r"(-\d+)?", p.name) and p.is_dir()]
     if not runs:
         raise UserError(f"no {script} run in {out.parent}/ (train first, or give --resume CKPT)")
-    last = max(runs, key=lambda p: max(f.stat().st_mtime_ns for f in (p, p / "losses.csv", p / "checkpoint.pt")
-                                       if f.exists()))
+    last = max(runs, key=lambda p: max((f.stat().st_mtime_ns for f in (p / "losses.csv", p / "checkpoint.pt")
+                                        if f.exists()), default=p.stat().st_mtime_ns))   # not --generate's files
     if not (last / "checkpoint.pt").is_file():
         raise UserError(f"{last}, the {script} run trained last, has no checkpoint (it stopped in its first epoch), "
                         "so it cannot go on: start it again, or continue another run with --resume FOLDER")
@@ -217,7 +222,8 @@ def stop_requests():
             raise KeyboardInterrupt
         requested.append(signum)
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint", flush=True)
-    requested, before = [], {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", signal.SIGINT)}   # SIGBREAK: Windows
+    requested, before = [], {s: signal.signal(s, request) for s in signals}
     try:
         yield requested
     finally:
@@ -332,7 +338,8 @@ def folder_images(root, size):
     under a key of the files' names, sizes and times, and of `size`."""
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
-    images_in = lambda folder: sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images_in = lambda folder: sorted(p for p in folder.iterdir()   # not macOS's ._x.jpg shadows
+                                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     classes, loose = [p.name for p in sorted(root.iterdir()) if p.is_dir() and images_in(p)], images_in(root)
     if classes and loose or not classes and not loose:
         raise UserError(f"{root} holds class sub-folders and, beside them, {len(loose)} image(s): move those into a "
@@ -354,17 +361,17 @@ def folder_images(root, size):
         if not isinstance(error, FileNotFoundError):
             print(f"the cache {cache} cannot be read: decoding the images again", file=sys.stderr)
     print(f"decoding {len(files):,} images in {root}, once: later starts read them from a cache", file=sys.stderr)
-    images, pool = np.empty((len(files), 3, size, size), np.uint8), ThreadPoolExecutor()
+    images, colour, pool = np.empty((len(files), 3, size, size), np.uint8), False, ThreadPoolExecutor()
     try:   # threads: the decoders let go of the GIL
         for i, pixels in enumerate(pool.map(decode, files, [size] * len(files))):
-            images[i] = pixels
+            images[i], colour = pixels, colour or not (pixels[:1] == pixels[1:]).all()
     finally:   # after an error or a Ctrl-C, the images not yet begun are not decoded
         pool.shutdown(cancel_futures=True)
-    images = np.ascontiguousarray(images[:, :1]) if (images[:, :1] == images[:, 1:]).all() else images   # grey
+    images = images if colour else np.ascontiguousarray(images[:, :1])
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        for old in cache.parent.glob(f"{stem}-*.npy"):   # this folder's stale caches
-            old.unlink()
+        for old in cache.parent.glob(f"{glob.escape(stem)}-*.npy"):   # this folder's stale caches
+            old.unlink(missing_ok=True)
         save_atomically(images, cache)
         print(f"images cached in {cache} ({images.nbytes / 2**20:,.1f} MB); delete it to free the space",
               file=sys.stderr)
@@ -396,10 +403,10 @@ def save_grid(images, folder, name, nrow=8):
 def sample(generator, n, args, n_classes, label=None):
     """n images in [-1, 1] from G, and for a conditional G their labels: all `label`, else 0, 1, ..., K-1, 0, ..."""
     z = torch.randn(n, args.latent_dim, device=next(generator.parameters()).device)
-    if not args.conditional:
-        return torch.cat([generator(chunk) for chunk in z.split(1000)]), None
+    if not args.conditional:   # to the host a chunk at a time: N may be larger than the device's memory
+        return torch.cat([generator(chunk).cpu() for chunk in z.split(1000)]), None
     labels = torch.arange(n, device=z.device) % n_classes if label is None else torch.full((n,), label, device=z.device)
-    return torch.cat([generator(zs, ys) for zs, ys in zip(z.split(1000), labels.split(1000))]), labels
+    return torch.cat([generator(zs, ys).cpu() for zs, ys in zip(z.split(1000), labels.split(1000))]), labels.cpu()
 
 
 def generate(generator, args, n_classes):
@@ -428,14 +435,17 @@ def writable(folder):
         raise UserError(f"cannot write in {folder} ({error.strerror or error}); nothing was changed")
 
 
-def claim_folder(out, resume):
-    """The run's folder and a lock on it while this process lives, so that two processes never train one run:
-    a new run takes `out` if it is new or empty, else out-2, out-3, ...; a resumed run its own."""
+@contextmanager
+def claim_folder(out, resume_step=None):
+    """The run's folder, locked while the block runs (the OS lets go if the process dies), so that two processes
+    never train one run: a new run takes `out` if it is new or empty, else out-2, out-3, ...; a resumed run its
+    own, its losses.csv cut back to the checkpoint's step (a killed run may have logged past it)."""
+    out = out.resolve() if out.name in ("", "..") else out
     if out.is_file():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     taken = lambda path: path.is_dir() and any(f.name != "lock" for f in path.iterdir())   # another run's
     for path in (out.with_name(f"{out.name}-{n}") if n > 1 else out for n in range(1, sys.maxsize)):
-        if not resume and taken(path):
+        if resume_step is None and taken(path):
             continue
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -444,19 +454,33 @@ def claim_folder(out, resume):
         writable(path)
         lock = open(path / "lock", "a+")
         try:   # Windows: a byte far past the process number, which others may then read
-            if os.name == "nt":
-                lock.seek(1 << 20)
-                msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.seek(0)
-            if resume:
-                raise UserError(f"{path} is being trained by process {lock.read().strip()}: let it finish, or stop it")
-        else:
-            if resume or not taken(path):   # still empty, now that it is ours
-                lock.truncate(0), lock.write(f"{os.getpid()}\n"), lock.flush()
-                return path, lock
+            lock.seek(1 << 20)
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1) if os.name == "nt" else fcntl.flock(
+                lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if isinstance(error, BlockingIOError) or os.name == "nt" and error.errno in (13, 36):   # held
+                if resume_step is not None:
+                    raise UserError(f"{path} is being trained by process {lock.seek(0) or lock.read().strip()}: let "
+                                    "it finish, or stop it") from None
+                lock.close()
+                continue
+            print(f"{path} cannot be locked here ({error.strerror}): train it from one process only", file=sys.stderr)
+        if resume_step is not None or not taken(path):   # still empty, now that it is ours
+            lock.truncate(0)
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            if resume_step is not None and (path / "losses.csv").is_file():
+                header, *rows = (path / "losses.csv").read_text().splitlines(keepends=True) or [""]
+                kept = [row for row in rows if int(row.split(",")[0]) <= resume_step]
+                (path / "losses.csv").write_text(header + "".join(kept))
+            try:
+                yield path
+            finally:
+                if os.name == "nt":   # Windows frees a lock left on a closed file only "eventually"
+                    lock.seek(1 << 20)
+                    msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+                lock.close()
+            return
         lock.close()
 
 

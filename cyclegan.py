@@ -55,6 +55,9 @@ def parse_args(argv=None):
     args, checkpoint = common.parse_args(parser, argv)
     if args.augment is None:   # photos gain from it; a flipped digit is not a digit, and fake data is not photos
         args.augment = args.dataset == "folder"
+    if args.img_size % 4 or args.img_size // 2 ** args.d_layers < 3:
+        raise common.UserError(f"--img-size {args.img_size} must be a multiple of 4 (G halves it twice) and at least "
+                               f"3 x 2^{args.d_layers} (D halves it --d-layers times and scores patches of 3 or more)")
     return args, checkpoint
 
 
@@ -82,7 +85,7 @@ def augment(images, size):
 
 
 class Unpaired:
-    """Two ImageData sets A and B; a step takes a batch of each, in orders drawn independently. `split`
+    """Two common.Data sets A and B; a step takes a batch of each, in orders drawn independently. `split`
     says which images they are (test or training); `augment`: crop and flip each batch."""
 
     def __init__(self, a, b, augment=False, split="training"):
@@ -100,7 +103,7 @@ class Unpaired:
 
 
 def load_unpaired(args, device, train=True, channels=None):
-    """A and B for --dataset, as an Unpaired of two ImageData (labels kept for evaluation); grey sets
+    """A and B for --dataset, as an Unpaired of two common.Data (labels kept for evaluation); grey sets
     become colour when the other set (or `channels`, a trained run's) is colour."""
     split = "training" if train else "test"
     if args.dataset == "folder":
@@ -305,9 +308,6 @@ def train_step(real_a, real_b, translator, d_a, d_b, pool_a, pool_b, opt_g, opt_
 def build(args, image_shape, n_classes, device):
     """The networks, pools and optimisers these flags describe: one Adam for both generators, one
     for both discriminators, as in the paper's code."""
-    if args.img_size % 4 or args.img_size // 2 ** args.d_layers < 3:
-        raise common.UserError(f"--img-size {args.img_size} must be a multiple of 4 (G halves it twice) and at least "
-                               f"3 x 2^{args.d_layers} (D halves it --d-layers times and scores patches of 3 or more)")
     channels = image_shape[0]
     translator = Translator(channels, args.width, args.blocks).to(device)
     d_a, d_b = (Discriminator(channels, args.width, args.d_layers).to(device) for _ in "AB")
@@ -378,23 +378,25 @@ def main(argv=None):
         step = checkpoint["step"]
         common.set_rng_state(checkpoint["rng"], device)
     if step >= last_step:
-        return print(f"nothing left to train: the run has made {step} steps; go on with python {args.script}.py "
-                     f"--resume {args.resume} --epochs N (more than {args.epochs})")
+        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} and "
+              "a larger --epochs or --max-steps (past the default --epochs, the rate steps back up)")
+        return
     if args.compile:   # fused kernels; the first steps wait for the compiler
-        translator.g_ab.compile(), translator.g_ba.compile(), d_a.compile(), d_b.compile()
+        for network in (translator.g_ab, translator.g_ba, d_a, d_b):
+            network.compile()
     amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
     settings = {"lambda_cycle": args.lambda_cycle, "lambda_identity": args.lambda_identity,
                 "label_smoothing": args.label_smoothing, "label_exchange": args.label_exchange}   # by name
-    folder, lock = common.claim_folder(Path(args.out), resume=checkpoint is not None)   # locked: one process a run
     meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
             "class_names": data.class_names}
-    print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
 
-    # The loop: a G and a D update per pair of batches, a progress line every --log-every steps; at each epoch's
-    # end (and at --max-steps, Ctrl-C or SIGTERM) a grid, a snapshot and the checkpoint
-    start, sums, count, clock, saved = step, 0, 0, (time.perf_counter(), step), time.monotonic()
-    with lock, common.stop_requests() as stop:
-        while step < last_step:
+    # The loop: a G and a D update per pair of batches, a progress line every --log-every steps, the checkpoint
+    # every --checkpoint-every minutes; at each epoch's end (and at --max-steps, Ctrl-C or SIGTERM) a grid (and
+    # progress.gif), the checkpoint, and at the epoch's end maybe a snapshot. The run's folder is locked meanwhile.
+    with common.claim_folder(Path(args.out), checkpoint and step) as folder, common.stop_requests() as stop:
+        print(f"run folder: {folder}\ndata: {args.dataset}, {data}", flush=True)
+        start, sums, count, clock, saved_at = step, 0, 0, (time.perf_counter(), step), time.monotonic()
+        while step < last_step:   # an epoch, or its rest after a periodic checkpoint (the for loop ends in a break)
             epoch = step // steps
             for real_a, real_b in data.batches(args.batch_size, epoch, args.seed, skip=step % steps):
                 with amp:
@@ -405,14 +407,14 @@ def main(argv=None):
                 if step == start + 1:   # the first step waits for allocations (and the compiler): not in the rate
                     clock = (time.perf_counter(), step)
                 end = step % steps == 0 or step >= last_step or stop   # epoch's end, --max-steps, Ctrl-C, SIGTERM
-                due = time.monotonic() - saved > 60 * args.checkpoint_every   # or a checkpoint every few minutes
+                due = time.monotonic() - saved_at > 60 * args.checkpoint_every   # or a checkpoint every few minutes
                 if step % args.log_every == 0 or end or due:
                     means = dict(zip(logged, (sums / count).tolist()))   # the one read from the device
                     rate = (step - clock[1]) * args.batch_size / (time.perf_counter() - clock[0])
                     common.log(folder, means, step, epoch, args, last_step, rate)
                     if not all(map(math.isfinite, means.values())):   # before a checkpoint could keep it
-                        print(f"a loss is NaN or infinite at step {step}: stopped; the last good checkpoint, if "
-                              f"any, is {folder / 'checkpoint.pt'}", file=sys.stderr)
+                        print(f"a loss is NaN or infinite at step {step}: stopped before a checkpoint kept it; "
+                              "resumed, the run repeats its steps: start again with a smaller --lr", file=sys.stderr)
                         sys.exit(1)
                     sums, count, clock = 0, 0, (time.perf_counter(), step)
                 if end or due:
@@ -427,7 +429,7 @@ def main(argv=None):
                                            folder / f"generator_epoch_{epoch + 1:03d}.pt")
             common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
                                     "epoch": step // steps, "rng": common.rng_state(device)}, folder / "checkpoint.pt")
-            saved, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
+            saved_at, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
             if stop:
                 print(f"stopped at step {step}; continue with: python {args.script}.py --resume "
                       f"{folder / 'checkpoint.pt'}")

@@ -35,7 +35,6 @@ import hashlib
 import importlib
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -163,7 +162,7 @@ def classifier_path(data_root, dataset):
 
 
 def data_sha256(data):
-    """The fingerprint of a training set (an ImageData): a classifier serves only the data it learnt from."""
+    """The fingerprint of a training set (a common.Data): a classifier serves only the data it learnt from."""
     digest = hashlib.sha256(data.images.cpu().numpy().tobytes())
     digest.update(data.labels.cpu().numpy().tobytes())
     return digest.hexdigest()
@@ -175,9 +174,7 @@ def save_classifier(path, classifier, dataset, test_accuracy, sha256=None):
     state = {"format": CACHE_FORMAT, "dataset": dataset, "channels": classifier.body[0].in_channels,
              "n_classes": classifier.head.out_features, "test_accuracy": float(test_accuracy),
              "state_dict": classifier.state_dict(), **({"data_sha256": sha256} if sha256 else {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    common.save_atomically(state, path)
 
 
 def load_classifier(path, dataset, channels, n_classes, device, sha256=None):

@@ -274,3 +274,37 @@ def test_the_first_lines_and_the_last_of_a_new_user_s_runs(tmp_path, capsys):
     nets = gan.build(args, data.shape, data.n_classes, torch.device("cpu"))
     logged = gan.train_step(next(data.batches(64, 0, 0))[0], *nets)
     assert all(not value.requires_grad and value.grad_fn is None for value in logged.values())
+
+
+def test_a_resumed_run_logs_each_step_once_and_the_run_trained_last_is_by_its_own_files(tmp_path, capsys):
+    """A killed run may have logged past its last checkpoint: resumed, losses.csv goes on from the checkpoint's
+    step. And --generate writes into a run's folder without making it the run trained last."""
+    runs = tmp_path / "runs"
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "3", "--out", runs / "gan"]) == 0
+    with open(runs / "gan" / "losses.csv", "a") as f:   # as if killed after logging steps 4 and 5
+        f.write("4,1,1,1,1,1\n5,1,1,1,1,1\n")
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "2", "--out", runs / "gan"]) == 0   # gan-2, trained last
+    assert run_inprocess(gan.main, ["--generate", "2", "--resume", runs / "gan"]) == 0
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", "--out", runs / "gan", "--max-steps", "3"]) == 0
+    assert capsys.readouterr().out.startswith(f"resuming {runs / 'gan-2' / 'checkpoint.pt'}")
+    assert run_inprocess(gan.main, ["--resume", runs / "gan", "--max-steps", "6"]) == 0
+    steps = [int(row.split(",")[0]) for row in (runs / "gan" / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_file_system_without_locks_trains_unlocked_with_one_line(tmp_path, monkeypatch, capsys):
+    def no_locks(file, operation):
+        raise OSError(37, "No locks available")
+    monkeypatch.setattr(common.fcntl, "flock", no_locks)
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", tmp_path / "run"]) == 0
+    assert "cannot be locked here (No locks available): train it from one process only" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_out_dot_is_the_current_folder_or_the_next_free_name_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path / "here")
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", "."]) == 0
+    assert (tmp_path / "here-2" / "checkpoint.pt").is_file() and sorted(os.listdir(".")) == ["notes.txt"]

@@ -496,15 +496,15 @@ def test_resuming_a_finished_run_says_nothing_is_left(tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.err.strip() == "", printed.err
     last = printed.out.strip().splitlines()[-1]
-    assert last == f"nothing left to train: the run has made 8 steps; go on with python gan.py --resume {ckpt} " \
-                   "--epochs N (more than 1)", last
+    assert last == f"nothing left to train at step 8: go on with python gan.py --resume {ckpt} and a larger " \
+                   "--epochs or --max-steps (past the default --epochs, the rate steps back up)", last
     assert listing(tmp_path) == before
 
     for k in (8, 5):
         capsys.readouterr()
         assert run_inprocess(gan.main, ["--resume", ckpt, "--max-steps", k]) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]
-        assert last.startswith("nothing left to train: the run has made 8 steps"), last
+        assert last.startswith("nothing left to train at step 8: "), last
         assert listing(tmp_path) == before
 
 
