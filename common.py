@@ -338,32 +338,38 @@ def folder_images(root, size):
     under a key of the files' names, sizes and times, and of `size`."""
     if not root.is_dir():
         raise UserError(f"--data-root {root} is not a folder")
-    images_in = lambda folder: sorted(p for p in folder.iterdir()   # not macOS's ._x.jpg shadows
-                                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    classes, loose = [p.name for p in sorted(root.iterdir()) if p.is_dir() and images_in(p)], images_in(root)
-    if classes and loose or not classes and not loose:
+    def images_in(folder):   # names, sorted (not macOS's ._x.jpg shadows); strings: a folder may hold 200,000
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.name[0] != "."
+                          and e.is_file())
+    with os.scandir(root) as entries:
+        folders = sorted(e.name for e in entries if e.is_dir())
+    listed = {name: found for name in folders if (found := images_in(root / name))}   # class: its images
+    loose, classes = images_in(root), list(listed) or [root.name]
+    if listed and loose or not listed and not loose:
         raise UserError(f"{root} holds class sub-folders and, beside them, {len(loose)} image(s): move those into a "
                         "sub-folder (a class)" if loose else f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    files = [file for name in classes for file in images_in(root / name)] or loose
-    labels = torch.tensor([classes.index(f.parent.name) for f in files] if classes else [0] * len(files))
+    names = [f"{name}/{file}" for name, found in listed.items() for file in found] or loose
+    counts = [len(found) for found in listed.values()] or [len(names)]
+    labels = torch.arange(len(classes)).repeat_interleave(torch.tensor(counts))
     try:
-        stats = [(str(f.relative_to(root)), s.st_size, s.st_mtime_ns) for f, s in ((f, f.stat()) for f in files)]
+        sizes_and_times = [(s.st_size, s.st_mtime_ns) for s in map(os.stat, [f"{root}/{name}" for name in names])]
     except OSError as error:   # gone since the listing
         raise UserError(f"{error.filename} cannot be read ({error.strerror})") from None
     stem = f"{root.name}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}-{size}px"
     cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gan-scripts"
-             / f"{stem}-{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]}.npy")
+             / f"{stem}-{hashlib.sha256(json.dumps([names, sizes_and_times]).encode()).hexdigest()[:16]}.npy")
     try:
         images = np.load(cache, mmap_mode="c")   # copy-on-write: writable, and the file stays as it is
-        print(f"images: {len(files):,} from the cache {cache}", file=sys.stderr)
-        return torch.from_numpy(images), labels, classes or [root.name]
+        print(f"images: {len(names):,} from the cache {cache}", file=sys.stderr)
+        return torch.from_numpy(images), labels, classes
     except (OSError, ValueError) as error:
         if not isinstance(error, FileNotFoundError):
             print(f"the cache {cache} cannot be read: decoding the images again", file=sys.stderr)
-    print(f"decoding {len(files):,} images in {root}, once: later starts read them from a cache", file=sys.stderr)
-    images, colour, pool = np.empty((len(files), 3, size, size), np.uint8), False, ThreadPoolExecutor()
+    print(f"decoding {len(names):,} images in {root}, once: later starts read them from a cache", file=sys.stderr)
+    images, colour, pool = np.empty((len(names), 3, size, size), np.uint8), False, ThreadPoolExecutor()
     try:   # threads: the decoders let go of the GIL
-        for i, pixels in enumerate(pool.map(decode, files, [size] * len(files))):
+        for i, pixels in enumerate(pool.map(decode, [root / name for name in names], [size] * len(names))):
             images[i], colour = pixels, colour or not (pixels[:1] == pixels[1:]).all()
     finally:   # after an error or a Ctrl-C, the images not yet begun are not decoded
         pool.shutdown(cancel_futures=True)
@@ -377,7 +383,7 @@ def folder_images(root, size):
               file=sys.stderr)
     except OSError as error:
         print(f"no cache written ({error.strerror or error}): the images are decoded at every start", file=sys.stderr)
-    return torch.from_numpy(images), labels, classes or [root.name]
+    return torch.from_numpy(images), labels, classes
 
 
 def decode(path, size):

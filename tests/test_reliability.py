@@ -593,18 +593,17 @@ def check_every_default(parser, blocks):
 # ---------------------------------------------------------------------------------------------
 def test_two_runs_started_with_one_out_take_two_folders(tmp_path):
     # The race: the second run starts while the first has claimed its folder but written nothing yet.
-    (first, first_lock), (second, second_lock) = (common.claim_folder(tmp_path / "run", resume=False) for _ in "12")
-    assert first == tmp_path / "run" and second == tmp_path / "run-2"
-    first_lock.close(), second_lock.close()
+    with common.claim_folder(tmp_path / "run") as first, common.claim_folder(tmp_path / "run") as second:
+        assert first == tmp_path / "run" and second == tmp_path / "run-2"
 
 
 def test_an_empty_folder_the_user_made_is_the_run_s(tmp_path):
     (tmp_path / "mine").mkdir()
-    folder, lock = common.claim_folder(tmp_path / "mine", resume=False)
-    assert folder == tmp_path / "mine"
-    (folder / "losses.csv").write_text("step\n")   # it wrote something, and its lock went with it
-    lock.close()
-    assert common.claim_folder(tmp_path / "mine", resume=False)[0] == tmp_path / "mine-2"   # now it is taken
+    with common.claim_folder(tmp_path / "mine") as folder:
+        assert folder == tmp_path / "mine"
+        (folder / "losses.csv").write_text("step\n")   # it wrote something, and its lock went with it
+    with common.claim_folder(tmp_path / "mine") as folder:
+        assert folder == tmp_path / "mine-2"   # now it is taken
 
 
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
