@@ -66,8 +66,9 @@ seed = _number(int, lambda v: 0 <= v < 2**32, "a whole number from 0 to 42949672
 batch = _number(int, lambda v: v > 1, "2 or more (BatchNorm takes its statistics from the batch)")
 
 
-def build_parser(script, description, *, img_size, batch_size, epochs, lr, latent_dim=100, ema=0.999, lr_decay=True,
-                 smoothing=True, conditional=False, datasets=("mnist", "fashion-mnist", "cifar10", "folder", "fake")):
+def build_parser(script, description, *, img_size, batch_size, epochs, lr, lr_d=None, latent_dim=100, ema=0.999,
+                 lr_decay=True, smoothing=True, conditional=False,
+                 datasets=("mnist", "fashion-mnist", "cifar10", "folder", "fake")):
     """The flags every script shares, each with its default in --help; the script adds its own."""
     parser = argparse.ArgumentParser(prog=f"{script}.py", description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -80,7 +81,9 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, laten
     add("--batch-size", type=positive_int if script == "cyclegan" else batch, default=batch_size,   # InstanceNorm: 1
         help="images per step")
     add("--epochs", type=positive_int, default=epochs, help="passes over the data")
-    add("--lr", type=positive_float, default=lr, help="learning rate of both optimisers")
+    add("--lr", type=positive_float, default=lr, help="learning rate of G's optimiser, and of D's without --lr-d")
+    add("--lr-d", type=positive_float, default=lr_d, metavar="LR", help="learning rate of D's (the critic's) optimiser "
+        "(None: --lr)")
     add("--lr-decay", action=argparse.BooleanOptionalAction, default=lr_decay, help="the rates fall linearly to 0 at "
         f"the end of a {epochs}-epoch run or a longer one: a shorter run is its start" if script != "cyclegan" else
         "the rates are constant, then fall linearly to 0 over the second half of the run")

@@ -313,7 +313,8 @@ def build(args, image_shape, n_classes, device):
     d_a, d_b = (Discriminator(channels, args.width, args.d_layers).to(device) for _ in "AB")
     pool_a, pool_b = (ImagePool(args.pool_size, image_shape).to(device) for _ in "AB")
     opt_g = torch.optim.Adam(translator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=args.lr_d or args.lr, betas=(0.5, 0.999),
+                             fused=True)
     return translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d
 
 

@@ -211,7 +211,7 @@ def build(args, image_shape, n_classes, device):
     # channels_last (N, H, W, C in memory): the convolutions' fastest layout on CPUs and GPUs (docs/speed.md)
     generator, discriminator = (net.to(device, memory_format=torch.channels_last) for net in (generator, discriminator))
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr_d or args.lr, betas=(0.5, 0.999), fused=True)
     return generator, discriminator, opt_g, opt_d
 
 

@@ -129,7 +129,7 @@ def build(args, image_shape, n_classes, device):
     generator = Generator(args.latent_dim, image_shape).to(device)
     discriminator = Discriminator(image_shape).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr_d or args.lr, betas=(0.5, 0.999), fused=True)
     return generator, discriminator, opt_g, opt_d
 
 

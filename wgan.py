@@ -19,6 +19,7 @@ Where this file departs from the paper (where a flag exists, its other setting i
     python wgan.py --generate 10000           # samples from the newest run
     python evaluate.py runs/wgan --curve      # FD for each snapshot
 """
+import argparse
 import copy
 import math
 import random
@@ -45,6 +46,9 @@ def parse_args(argv=None):
                              "code does (0: n_critic always, as the paper's algorithm)")
     parser.add_argument("--clip", type=common.positive_float, default=0.01, metavar="C",
                         help="after every critic step, clamp each critic weight to [-C, C]")
+    parser.add_argument("--reuse-fakes", action=argparse.BooleanOptionalAction, default=False,
+                        help="on G's turn, G trains on the fakes of that step's critic update (one G pass fewer, as "
+                             "gan.py does); --no-reuse-fakes: fresh noise for G's update, the paper's algorithm")
     return common.parse_args(parser, argv)
 
 
@@ -136,15 +140,16 @@ def g_update_steps(total_steps, n_critic=2, critic_boost=0):
 # The training step
 # ---------------------------------------------------------------------------------------------
 def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent_dim=100, label_exchange=0.0,
-               clip=0.01):
+               clip=0.01, reuse_fakes=False):
     """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
     it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train the critic every step, then clip its weights
-    with torch.no_grad():   # this update trains the critic only: no graph through G
+    keep_graph = update_g and reuse_fakes   # G trains on these fakes after the critic's update
+    with torch.set_grad_enabled(keep_graph):   # else this update trains the critic only: no graph through G
         fake_images = generator(torch.randn(batch_size, latent_dim, device=device))        # (B, C, H, W)
-    real_scores, fake_scores = critic(torch.cat([real_images, fake_images])).chunk(2)   # (B, 1) each, one pass
+    real_scores, fake_scores = critic(torch.cat([real_images, fake_images.detach()])).chunk(2)   # (B, 1) each
     logged = {"loss_g": generator_loss(fake_scores), "wasserstein": real_scores.mean() - fake_scores.mean()}
     if random.random() < label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
         real_scores, fake_scores = fake_scores, real_scores
@@ -156,9 +161,10 @@ def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent
 
     # Train G when it is its turn: make the critic score G's images high
     if update_g:
-        z = torch.randn(batch_size, latent_dim, device=device)   # fresh noise
+        if not keep_graph:
+            fake_images = generator(torch.randn(batch_size, latent_dim, device=device))   # fresh noise
         critic.requires_grad_(False)   # G needs the gradient at the critic's input, not its weight gradients
-        loss_g = generator_loss(critic(generator(z)))
+        loss_g = generator_loss(critic(fake_images))
         critic.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -173,7 +179,7 @@ def build(args, image_shape, n_classes, device):
     generator = Generator(args.latent_dim, image_shape).to(device)
     critic = Critic(image_shape).to(device)
     opt_g = torch.optim.RMSprop(generator.parameters(), lr=args.lr)
-    opt_d = torch.optim.RMSprop(critic.parameters(), lr=args.lr)   # D is the critic
+    opt_d = torch.optim.RMSprop(critic.parameters(), lr=args.lr_d or args.lr)   # D is the critic
     return generator, critic, opt_g, opt_d
 
 
@@ -222,7 +228,8 @@ def main(argv=None):
         for network in (generator, critic):
             network.compile()
     amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
-    settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange, "clip": args.clip}   # by name
+    settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange, "clip": args.clip,
+                "reuse_fakes": args.reuse_fakes}   # train_step's, by name
     meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
             "class_names": data.class_names}
 

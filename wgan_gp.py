@@ -18,6 +18,7 @@ Where this file departs from the paper (where a flag exists, its other setting i
     python wgan_gp.py --generate 10000        # samples from the newest run
     python evaluate.py runs/wgan_gp --curve   # FD for each snapshot
 """
+import argparse
 import copy
 import math
 import random
@@ -41,6 +42,9 @@ def parse_args(argv=None):
                         help="critic steps per generator step (counted over the whole run)")
     parser.add_argument("--lambda-gp", type=common.positive_float, default=10.0, metavar="LAMBDA",
                         help="weight of the gradient penalty in the critic's loss")
+    parser.add_argument("--reuse-fakes", action=argparse.BooleanOptionalAction, default=False,
+                        help="on G's turn, G trains on the fakes of that step's critic update (one G pass fewer, as "
+                             "gan.py does); --no-reuse-fakes: fresh noise for G's update, the paper's algorithm")
     return common.parse_args(parser, argv)
 
 
@@ -118,15 +122,16 @@ def gradient_penalty(critic, real_images, fake_images, lambda_gp):
 # The training step
 # ---------------------------------------------------------------------------------------------
 def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent_dim=100, label_exchange=0.0,
-               lambda_gp=10.0):
+               lambda_gp=10.0, reuse_fakes=False):
     """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
     it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
 
     # Train the critic every step: Wasserstein loss + gradient penalty
-    with torch.no_grad():   # this update trains the critic only: no graph through G
+    keep_graph = update_g and reuse_fakes   # G trains on these fakes after the critic's update
+    with torch.set_grad_enabled(keep_graph):   # else this update trains the critic only: no graph through G
         fake_images = generator(torch.randn(batch_size, latent_dim, device=device))        # (B, C, H, W)
-    real_scores, fake_scores = critic(torch.cat([real_images, fake_images])).chunk(2)   # (B, 1) each, one pass
+    real_scores, fake_scores = critic(torch.cat([real_images, fake_images.detach()])).chunk(2)   # (B, 1) each
     logged = {"loss_g": generator_loss(fake_scores), "wasserstein": real_scores.mean() - fake_scores.mean()}
     if random.random() < label_exchange:   # label exchange, critic form: swap the batches (host-side coin)
         real_scores, fake_scores = fake_scores, real_scores
@@ -138,9 +143,10 @@ def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent
 
     # Train G when it is its turn: make the critic score G's images high
     if update_g:
-        z = torch.randn(batch_size, latent_dim, device=device)   # fresh noise
+        if not keep_graph:
+            fake_images = generator(torch.randn(batch_size, latent_dim, device=device))   # fresh noise
         critic.requires_grad_(False)   # G needs the gradient at the critic's input, not its weight gradients
-        loss_g = generator_loss(critic(generator(z)))
+        loss_g = generator_loss(critic(fake_images))
         critic.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -154,7 +160,7 @@ def build(args, image_shape, n_classes, device):
     generator = Generator(args.latent_dim, image_shape).to(device)
     critic = Critic(image_shape).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=True)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=True)   # D is the critic
+    opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr_d or args.lr, betas=(0.5, 0.9), fused=True)   # the critic
     return generator, critic, opt_g, opt_d
 
 
@@ -201,8 +207,8 @@ def main(argv=None):
     if args.compile:   # fused kernels; the first steps wait for the compiler
         generator.compile()   # G only: the penalty differentiates the critic twice
     amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
-    settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange,
-                "lambda_gp": args.lambda_gp}   # train_step's, by name
+    settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange, "lambda_gp": args.lambda_gp,
+                "reuse_fakes": args.reuse_fakes}   # train_step's, by name
     meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
             "class_names": data.class_names}
 
