@@ -11,8 +11,9 @@ lr 5e-5 held constant, c = 0.01 (--critic-boost 100 adds the authors' code's 100
 each of the first 25 G steps and every 500th). There is no --label-smoothing: a critic has no targets.
 
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
-- --n-critic 2, not 5: G gets 2.5 times the updates; at 5, 50 epochs leave it undertrained.
-- --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
+- --n-critic 1, not 5: G gets 5 times the updates; at 5 (or 2) 50 epochs leave it undertrained.
+- --reuse-fakes: G trains on the critic step's fakes, one G pass fewer (the paper: fresh noise).
+- --ema 0.9999: grids and samples come from a moving average of G's weights, steadier than G itself.
 - --no-lr-decay by default (the paper's constant rate); --label-exchange P swaps the two batches.
 
     python wgan.py --epochs 50                # MNIST: grids, snapshots and checkpoint.pt in runs/wgan
@@ -38,15 +39,16 @@ def parse_args(argv=None):
     parser = common.build_parser("wgan", "WGAN with weight clipping (MLP generator and critic). There is no "
                                  "--label-smoothing: a critic gives unbounded scores, not probabilities trained "
                                  "towards targets, so there is nothing to smooth.",
-                                 img_size=28, batch_size=64, epochs=50, lr=5e-5, lr_decay=False, smoothing=False)
-    parser.add_argument("--n-critic", type=common.positive_int, default=2,
+                                 img_size=28, batch_size=64, epochs=50, lr=5e-5, lr_decay=False, smoothing=False,
+                                 ema=0.9999)
+    parser.add_argument("--n-critic", type=common.positive_int, default=1,
                         help="critic steps per generator step (counted over the whole run)")
     parser.add_argument("--critic-boost", type=common.non_negative_int, default=0, metavar="K",
                         help="K critic steps before each of the first 25 G steps and every 500th, as the authors' "
                              "code does (0: n_critic always, as the paper's algorithm)")
     parser.add_argument("--clip", type=common.positive_float, default=0.01, metavar="C",
                         help="after every critic step, clamp each critic weight to [-C, C]")
-    parser.add_argument("--reuse-fakes", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--reuse-fakes", action=argparse.BooleanOptionalAction, default=True,
                         help="on G's turn, G trains on the fakes of that step's critic update (one G pass fewer, as "
                              "gan.py does); --no-reuse-fakes: fresh noise for G's update, the paper's algorithm")
     return common.parse_args(parser, argv)
@@ -116,7 +118,7 @@ def clip_weights(critic, clip):
         torch._foreach_clamp_max_(parameters, clip)
 
 
-def critic_updates_before(g_step, n_critic=2, critic_boost=0):
+def critic_updates_before(g_step, n_critic=1, critic_boost=0):
     """How many critic updates come before G's update number g_step (0, 1, ...): n_critic, or with a
     critic_boost K, K before each of the first 25 and every 500th, so that the critic is close to
     the true distance when G starts, and now and then after."""
@@ -125,7 +127,7 @@ def critic_updates_before(g_step, n_critic=2, critic_boost=0):
     return n_critic
 
 
-def g_update_steps(total_steps, n_critic=2, critic_boost=0):
+def g_update_steps(total_steps, n_critic=1, critic_boost=0):
     """The critic updates (counted from 1) after which G trains, up to total_steps: with n_critic 2
     and no boost, {2, 4, 6, ...}."""
     turns, step, g_step = set(), 0, 0
@@ -140,7 +142,7 @@ def g_update_steps(total_steps, n_critic=2, critic_boost=0):
 # The training step
 # ---------------------------------------------------------------------------------------------
 def train_step(real_images, generator, critic, opt_g, opt_d, update_g, *, latent_dim=100, label_exchange=0.0,
-               clip=0.01, reuse_fakes=False):
+               clip=0.01, reuse_fakes=True):
     """One critic update on a batch of real images, then, if `update_g` (the critic's schedule says
     it is G's turn), one G update. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device

@@ -89,16 +89,16 @@ def test_a_step_under_amp_moves_both_networks_as_the_float32_step_does(script):
 
 
 def test_a_resumed_amp_run_keeps_amp_and_ends_exactly_as_one_that_never_stopped(tmp_path, monkeypatch):
-    flags = ["--dataset", "fake", "--epochs", "1", "--batch-size", "128", "--amp"]
-    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "whole"]) == 0
-    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "2"]) == 0
-    assert run_inprocess(gan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt"]) == 0   # --amp comes back
+    flags = ["--dataset", "fake", "--batch-size", "64", "--amp"]   # an emulating CPU: few images
+    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "whole", "--max-steps", "3"]) == 0
+    assert run_inprocess(gan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "1"]) == 0
+    assert run_inprocess(gan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt", "--max-steps", "3"]) == 0   # --amp comes back
     whole, parts = load(tmp_path / "whole" / "checkpoint.pt"), load(tmp_path / "parts" / "checkpoint.pt")
-    assert whole["step"] == parts["step"] == 4 and parts["args"]["amp"]
+    assert whole["step"] == parts["step"] == 3 and parts["args"]["amp"]
     for name in ("generator", "discriminator", "sampler"):
         for key, tensor in whole[name].items():
             assert torch.equal(tensor, parts[name][key]), (name, key)
     # --no-amp turns it off for the rest of a run
-    resumed = ["--resume", tmp_path / "parts" / "checkpoint.pt", "--epochs", "2", "--no-amp"]
+    resumed = ["--resume", tmp_path / "parts" / "checkpoint.pt", "--max-steps", "5", "--no-amp"]
     assert set(products_in_steps(gan, resumed, monkeypatch)) == {torch.float32}
     assert not load(tmp_path / "parts" / "checkpoint.pt")["args"]["amp"]

@@ -178,9 +178,12 @@ def test_weights_are_initialised_as_in_the_paper():
 
 def test_defaults_and_optimisers_are_the_papers(tmp_path):
     args = dcgan.parse_args([])[0]
+    assert (args.batch_size, args.lr, args.lr_d, args.label_smoothing) == (64, 8e-4, 2e-4, 0.1)   # the departures
+    paper = ["--batch-size", "128", "--lr", "2e-4", "--lr-d", "2e-4", "--label-smoothing", "0"]
+    args = dcgan.parse_args(paper)[0]
     assert (args.batch_size, args.lr, args.img_size, args.latent_dim) == (128, 2e-4, 32, 100)
     out = tmp_path / "run"
-    assert run_inprocess(dcgan.main, ["--dataset", "fake", "--width", "4", "--img-size", "16",
+    assert run_inprocess(dcgan.main, ["--dataset", "fake", "--width", "4", "--img-size", "16", *paper,
                                       "--max-steps", "1", "--out", out]) == 0
     checkpoint = load(out / "checkpoint.pt")
     for name in ("opt_g", "opt_d"):

@@ -560,7 +560,7 @@ def test_losses_csv_numbers_epochs_from_1(tmp_path, capsys):
 # 12. Every flag's default is in --help
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, epochs, batch", [("gan", 50, 64), ("cgan", 50, 64), ("acgan", 50, 64),
-                                                 ("wgan", 50, 64), ("wgan_gp", 50, 64), ("dcgan", 25, 128)])
+                                                 ("wgan", 50, 64), ("wgan_gp", 50, 64), ("dcgan", 25, 64)])
 def test_help_shows_every_default(name, epochs, batch, capsys, monkeypatch):
     text, parser = help_text(SCRIPTS[name], capsys, monkeypatch)
     blocks = help_blocks(text)

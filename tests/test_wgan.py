@@ -18,7 +18,7 @@ def test_one_batch_trains_the_critic_and_n_critic_batches_train_the_generator_to
     common.seed_everything(0)
     fresh_g, fresh_d = wgan.Generator(100, (1, 28, 28)), wgan.Critic((1, 28, 28))
     out = tmp_path / "one"
-    assert run_inprocess(wgan.main, FAST + ["--max-steps", "1", "--out", out]) == 0
+    assert run_inprocess(wgan.main, FAST + ["--n-critic", "2", "--max-steps", "1", "--out", out]) == 0
     checkpoint = load(out / "checkpoint.pt")
     assert checkpoint["step"] == 1 and checkpoint["script"] == "wgan"
     assert set(checkpoint) >= {"generator", "critic", "opt_g", "opt_d", "fixed_noise", "image_shape"}
@@ -31,8 +31,8 @@ def test_one_batch_trains_the_critic_and_n_critic_batches_train_the_generator_to
     assert all(np.isfinite(float(v)) for v in rows[1].split(",")[2:])
     assert (out / "step_0000001.png").is_file()
 
-    out = tmp_path / "two"   # the default --n-critic is 2: the 2nd step also trains G
-    assert run_inprocess(wgan.main, FAST + ["--max-steps", "2", "--out", out]) == 0
+    out = tmp_path / "two"   # with --n-critic 2 the 2nd step also trains G
+    assert run_inprocess(wgan.main, FAST + ["--n-critic", "2", "--max-steps", "2", "--out", out]) == 0
     trained = load(out / "checkpoint.pt")["generator"]
     assert not torch.equal(fresh_g.state_dict()["net.0.weight"], trained["net.0.weight"])
 
