@@ -22,7 +22,8 @@ HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}   # each wai
 # cyclegan 1634): a count above these means wasted work came back.
 BEFORE = {"gan": 193, "cgan": 252, "acgan": 451, "wgan": 241.5, "wgan_gp": 217.2, "dcgan": 290, "cyclegan": 1042}
 AS_BEFORE = {"wgan": ("--n-critic", "2", "--no-reuse-fakes"),   # the defaults of then, where they have changed
-             "dcgan": ("--batch-size", "128", "--lr", "2e-4", "--label-smoothing", "0")}
+             "dcgan": ("--batch-size", "128", "--lr", "2e-4", "--label-smoothing", "0"),
+             "wgan_gp": ("--n-critic", "5", "--no-reuse-fakes")}
 
 
 class CountOps(TorchDispatchMode):
@@ -39,7 +40,9 @@ def ops_per_step(script, flags=(), tmp_path=None, device="cpu"):
     """(operations, host reads) per step of `script`'s whole main() loop: two runs on fake data that end
     mid-epoch, one `extra` steps longer than the other (a whole number of the WGAN-GP's G turns), so that
     start-up and the run's end (log line, grid, checkpoint) cancel out."""
-    module, extra = __import__(script), 5 if script == "wgan_gp" else 2
+    module = __import__(script)
+    n_critic = getattr(module.parse_args(["--dataset", "fake", *flags])[0], "n_critic", 1)
+    extra = n_critic if n_critic > 2 else 2 * n_critic   # within the first epoch of 8 steps
     counts = []
     for steps in (1, 1 + extra):
         with CountOps() as counter, contextlib.redirect_stdout(io.StringIO()):
@@ -51,7 +54,7 @@ def ops_per_step(script, flags=(), tmp_path=None, device="cpu"):
     return sum(more.values()) / extra, sum(n for name, n in more.items() if name in HOST_READS) / extra
 
 
-VARIANTS = [(script, AS_BEFORE.get(script, ())) for script in SCRIPTS] + [("wgan", ()), ("dcgan", ()),
+VARIANTS = [(script, AS_BEFORE.get(script, ())) for script in SCRIPTS] + [("wgan", ()), ("wgan_gp", ()), ("dcgan", ()),
     ("gan", ("--label-smoothing", "0.2", "--label-exchange", "0.5")),
     ("acgan", ("--no-spectral-norm", "--label-exchange", "0.5", "--fake-class-loss", "--d-dropout", "0.3")),
     ("wgan", ("--critic-boost", "3", "--label-exchange", "0.5")),

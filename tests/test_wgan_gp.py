@@ -132,8 +132,8 @@ def test_one_batch_trains_the_critic_and_n_critic_batches_train_the_generator_to
     assert row["penalty"] > 0 and all(np.isfinite(v) for v in row.values())
     assert (out / "step_0000001.png").is_file()
 
-    out = tmp_path / "five"   # the default --n-critic is 5: the 5th step also trains G
-    assert run_inprocess(wgan_gp.main, FAST + ["--max-steps", "5", "--out", out]) == 0
+    out = tmp_path / "five"   # with --n-critic 5 the 5th step also trains G
+    assert run_inprocess(wgan_gp.main, FAST + ["--n-critic", "5", "--max-steps", "5", "--out", out]) == 0
     trained = load(out / "checkpoint.pt")["generator"]
     assert not torch.equal(fresh_g.state_dict()["net.0.weight"], trained["net.0.weight"])
 
@@ -232,7 +232,7 @@ def test_resume_refuses_to_change_the_critic_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_inprocess(wgan_gp.main, FAST + ["--max-steps", "1", "--out", out]) == 0
     capsys.readouterr()
-    for flag, value in (("--n-critic", "2"), ("--lambda-gp", "1")):
+    for flag, value in (("--n-critic", "3"), ("--lambda-gp", "1")):
         assert run_inprocess(wgan_gp.main, ["--resume", out / "checkpoint.pt", flag, value]) == 2
         assert f"{flag} cannot change" in capsys.readouterr().err
 
