@@ -177,7 +177,7 @@ def discriminator_targets(batch_size, smoothing, exchange, device):
 # ---------------------------------------------------------------------------------------------
 # The training step
 # ---------------------------------------------------------------------------------------------
-def train_step(real_images, generator, discriminator, opt_g, opt_d, *, latent_dim=100, label_smoothing=0.0,
+def train_step(real_images, generator, discriminator, opt_g, opt_d, *, latent_dim=100, label_smoothing=0.1,
                label_exchange=0.0):
     """One D update, then one G update, on a batch of real images. Returns the values to log."""
     batch_size, device = real_images.size(0), real_images.device
