@@ -4,6 +4,7 @@ import gzip
 import inspect
 import os
 import struct
+import runpy
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -92,6 +93,16 @@ def run_inprocess(main, argv, capsys=None):
     """Run a script's main(argv) through common.run_main; returns the exit code (0 if none)."""
     try:
         common.run_main(main, [str(a) for a in argv])
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 1
+    return 0
+
+
+def run_as_command(script, *args, monkeypatch):
+    """`python script args...` in this process (runpy, as __main__): the exit code; stderr goes to capsys."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *map(str, args)])
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else 1
     return 0

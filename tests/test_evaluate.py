@@ -14,7 +14,7 @@ import torch
 import common
 import evaluate
 import gan
-from conftest import load, run_inprocess, run_subprocess, to_uint8, write_idx_dataset
+from conftest import load, run_as_command, run_inprocess, run_subprocess, to_uint8, write_idx_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +526,6 @@ def test_bad_input_gives_one_line_and_exit_2(tiny, gan_run, tmp_path, capsys):
     assert files_of(fake_run) == fake_files           # refused before anything was drawn or written
 
 
-def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path):
-    result = run_subprocess("evaluate.py", tmp_path / "nothing")
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"evaluate.py: error: {tmp_path / 'nothing'} does not exist"
+def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    assert run_as_command("evaluate.py", tmp_path / "nothing", monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err.strip() == f"evaluate.py: error: {tmp_path / 'nothing'} does not exist"

@@ -7,7 +7,7 @@ import torch
 
 import common
 import gan
-from conftest import (learning_directions, load, run_inprocess, run_subprocess, state_tensors,
+from conftest import (learning_directions, load, run_as_command, run_inprocess, state_tensors,
                       to_uint8, write_idx_dataset)
 
 FAST = ["--dataset", "fake", "--batch-size", "64", "--log-every", "1"]
@@ -257,10 +257,9 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, capsys):
     assert (tmp_path / "corrupt.pt").read_bytes() == b"not a checkpoint"
 
 
-def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path):
-    result = run_subprocess("gan.py", "--resume", tmp_path / "nothing.pt")
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"gan.py: error: checkpoint {tmp_path / 'nothing.pt'} does not exist"
+def test_bad_input_from_the_command_line_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    assert run_as_command("gan.py", "--resume", tmp_path / "nothing.pt", monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err.strip() == f"gan.py: error: checkpoint {tmp_path / 'nothing.pt'} does not exist"
 
 
 def test_label_smoothing_draws_real_targets_from_the_range_and_leaves_fakes_at_zero():
