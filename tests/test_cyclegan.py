@@ -253,14 +253,14 @@ def test_a_run_without_a_pool_trains(tmp_path):
 # 5. The learning-rate schedule
 # ---------------------------------------------------------------------------------------------
 def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_path):
-    """2 epochs of 8 steps (256 images per set, batch 32): the lr after each step, read from
+    """2 epochs of 4 steps (256 images per set, batch 64): the lr after each step, read from
     checkpoints stopped with --max-steps and resumed."""
     assert cyclegan.parse_args([])[0].lr_decay is True and cyclegan.parse_args([])[0].lr == 2e-4
     out = tmp_path / "half"
-    flags = ["--dataset", "fake", *SMALL, "--batch-size", "32", "--epochs", "2", "--log-every", "100"]
-    assert run_inprocess(cyclegan.main, flags + ["--max-steps", "4", "--out", out]) == 0
-    for step, expected in ((4, 2e-4), (8, 2e-4), (12, 1e-4), (16, 0.0)):
-        if step > 4:
+    flags = ["--dataset", "fake", *SMALL, "--img-size", "16", "--batch-size", "64", "--epochs", "2", "--log-every", "100"]
+    assert run_inprocess(cyclegan.main, flags + ["--max-steps", "2", "--out", out]) == 0
+    for step, expected in ((2, 2e-4), (4, 2e-4), (6, 1e-4), (8, 0.0)):
+        if step > 2:
             assert run_inprocess(cyclegan.main, ["--resume", out / "checkpoint.pt", "--max-steps", step]) == 0
         checkpoint = load(out / "checkpoint.pt")
         assert checkpoint["step"] == step
@@ -269,7 +269,7 @@ def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_
             assert lr == pytest.approx(expected, abs=1e-12), (step, optimiser)
     assert run_inprocess(cyclegan.main, flags + ["--no-lr-decay", "--out", tmp_path / "constant"]) == 0
     checkpoint = load(tmp_path / "constant" / "checkpoint.pt")
-    assert checkpoint["step"] == 16 and checkpoint["opt_g"]["param_groups"][0]["lr"] == 2e-4 == \
+    assert checkpoint["step"] == 8 and checkpoint["opt_g"]["param_groups"][0]["lr"] == 2e-4 == \
         checkpoint["opt_d"]["param_groups"][0]["lr"]
 
 
@@ -279,15 +279,15 @@ def test_lr_half_is_constant_for_half_the_steps_then_falls_linearly_to_zero(tmp_
 def test_resume_across_an_epoch_boundary_gives_exactly_the_uninterrupted_run(tmp_path):
     """A pool of 5 (full after the first step, so its coins are drawn every step), smoothed and exchanged
     targets: all of it must continue where the stopped run left off."""
-    flags = ["--dataset", "fake", *SMALL, "--batch-size", "32", "--epochs", "2", "--log-every", "100",
-             "--pool-size", "5", "--label-smoothing", "0.1", "--label-exchange", "0.2"]
+    flags = ["--dataset", "fake", *SMALL, "--img-size", "16", "--batch-size", "64", "--epochs", "2",
+             "--log-every", "100", "--pool-size", "5", "--label-smoothing", "0.1", "--label-exchange", "0.2"]
     assert run_inprocess(cyclegan.main, flags + ["--out", tmp_path / "whole"]) == 0
-    # stop at step 5 of 8 in epoch 1, then resume to the end (16 steps)
-    assert run_inprocess(cyclegan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "5"]) == 0
-    assert load(tmp_path / "parts" / "checkpoint.pt")["step"] == 5
+    # stop at step 3 of 4 in epoch 1, then resume to the end (8 steps)
+    assert run_inprocess(cyclegan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "3"]) == 0
+    assert load(tmp_path / "parts" / "checkpoint.pt")["step"] == 3
     assert run_inprocess(cyclegan.main, ["--resume", tmp_path / "parts" / "checkpoint.pt"]) == 0
     whole, parts = load(tmp_path / "whole" / "checkpoint.pt"), load(tmp_path / "parts" / "checkpoint.pt")
-    assert whole["step"] == parts["step"] == 16
+    assert whole["step"] == parts["step"] == 8
     for net in ("sampler", "d_a", "d_b", "pool_a", "pool_b"):
         assert set(whole[net]) == set(parts[net]), net
         for name, value in whole[net].items():

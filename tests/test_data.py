@@ -281,7 +281,7 @@ def test_folder_batches_are_augmented_and_fake_ones_are_not(tmp_path):
 
 def test_resume_is_exact_with_augmentation(tmp_path):
     root = pairs_folder(tmp_path / "pairs")
-    flags = ["--dataset", "folder", "--data-root", root, "--width", "4", "--blocks", "1", "--batch-size", "4",
+    flags = ["--dataset", "folder", "--data-root", root, "--width", "4", "--blocks", "1", "--img-size", "16", "--batch-size", "4",
              "--epochs", "2", "--log-every", "100"]
     assert run_inprocess(cyclegan.main, flags + ["--out", tmp_path / "whole"]) == 0
     assert run_inprocess(cyclegan.main, flags + ["--out", tmp_path / "parts", "--max-steps", "3"]) == 0
