@@ -127,6 +127,8 @@ def parse_args(parser, argv=None):
     checkpoint = load_checkpoint(path, args.script)
     saved = checkpoint["args"]   # argparse fills in a default only where the namespace has no value
     keep = {k: v for k, v in saved.items() if k not in ("resume", "generate", "out", "max_steps", "label")}
+    flags = {action.dest for action in parser._actions}   # flags added since a run began keep its behaviour
+    keep = {**{k: v for k, v in (("lr_d", None), ("reuse_fakes", False)) if k in flags}, **keep}
     args = parser.parse_args(argv, namespace=argparse.Namespace(**keep))
     may_change = {"epochs", "max_steps", "device", "compile", "amp", "log_every", "snapshot_every", "checkpoint_every",
                   "resume", "generate", "out", "label", *(["seed", "data_root"] if args.generate else [])}

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import acgan
+import cgan
 import common
 import cyclegan
 import gan
+import wgan
 from conftest import ROOT, load, run_inprocess, write_idx_dataset, write_image_folder
 
 FAKE = ["--dataset", "fake", "--log-every", "1"]
@@ -308,3 +310,20 @@ def test_out_dot_is_the_current_folder_or_the_next_free_name_beside_it(tmp_path,
     monkeypatch.chdir(tmp_path / "here")
     assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", "."]) == 0
     assert (tmp_path / "here-2" / "checkpoint.pt").is_file() and sorted(os.listdir(".")) == ["notes.txt"]
+
+
+def test_a_run_from_before_lr_d_and_reuse_fakes_goes_on_as_it_began(tmp_path):
+    """A checkpoint written before --lr-d and --reuse-fakes existed resumes with D at G's rate and fresh
+    noise for G, as it trained, not with today's defaults."""
+    for module, gone in ((cgan, ("lr_d",)), (wgan, ("lr_d", "reuse_fakes"))):
+        out = tmp_path / module.__name__
+        flags = [*FAKE, "--max-steps", "1", "--out", out, "--lr-d", str(module.parse_args([])[0].lr)]   # one rate
+        assert run_inprocess(module.main, flags + (["--no-reuse-fakes"] if module is wgan else [])) == 0
+        checkpoint = load(out / "checkpoint.pt")
+        for name in gone:
+            del checkpoint["args"][name]
+        torch.save(checkpoint, out / "checkpoint.pt")
+        assert run_inprocess(module.main, ["--resume", out, "--max-steps", "2"]) == 0
+        resumed = load(out / "checkpoint.pt")
+        assert resumed["args"]["lr_d"] is None and resumed["args"].get("reuse_fakes", False) is False
+        assert resumed["opt_d"]["param_groups"][0]["initial_lr"] == resumed["args"]["lr"]
