@@ -175,10 +175,10 @@ def test_linear_decay_follows_the_default_run_in_both_optimisers_and_none_keeps_
     flags = ["--dataset", "fake", "--batch-size", "128", "--epochs", "2"]
     assert run_inprocess(gan.main, flags + ["--out", tmp_path / "linear", "--max-steps", "4"]) == 0
     halfway = load(tmp_path / "linear" / "checkpoint.pt")
-    assert halfway["opt_g"]["param_groups"][0]["lr"] == pytest.approx(4e-4 * (1 - 4 / 200))
+    assert halfway["opt_g"]["param_groups"][0]["lr"] == pytest.approx(8e-4 * (1 - 4 / 200))
     assert run_inprocess(gan.main, ["--resume", tmp_path / "linear"]) == 0
     end = load(tmp_path / "linear" / "checkpoint.pt")
-    for optimiser, lr in (("opt_g", 4e-4), ("opt_d", 2e-4)):   # G's rate and D's own (--lr-d)
+    for optimiser, lr in (("opt_g", 8e-4), ("opt_d", 2e-4)):   # G's rate and D's own (--lr-d)
         assert end[optimiser]["param_groups"][0]["lr"] == pytest.approx(lr * (1 - 8 / 200))
     assert run_inprocess(gan.main, flags + ["--out", tmp_path / "none", "--no-lr-decay"]) == 0
     assert load(tmp_path / "none" / "checkpoint.pt")["opt_d"]["param_groups"][0]["lr"] == 2e-4
@@ -305,7 +305,7 @@ def test_a_short_run_is_the_start_of_the_default_run(tmp_path):
     for epochs, out in runs.items():
         assert run_inprocess(gan.main, FAST + ["--epochs", epochs, "--snapshot-every", "1", "--out", out]) == 0
     short_end, long_epoch_1 = load(runs[1] / "checkpoint.pt"), load(runs[2] / "generator_epoch_001.pt")
-    assert short_end["opt_g"]["param_groups"][0]["lr"] == pytest.approx(4e-4 * (1 - 8 / 400))   # 8 of 400 steps
+    assert short_end["opt_g"]["param_groups"][0]["lr"] == pytest.approx(8e-4 * (1 - 8 / 400))   # 8 of 400 steps
     assert all(torch.equal(short_end["sampler"][k], v) for k, v in long_epoch_1["sampler"].items())
     long_end = load(runs[2] / "checkpoint.pt")
     assert not torch.equal(short_end["sampler"]["net.0.weight"], long_end["sampler"]["net.0.weight"])
