@@ -10,12 +10,10 @@ betas 0.5, 0.999), batch 128. Each block doubles (G) or halves (D) the side, so 
 
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --width 32, half the paper's 64: a quarter of the computation, so 25 MNIST epochs fit a CPU.
-- --lr 8e-4 for G, --lr-d 2e-4 for D, --batch-size 64 and --label-smoothing 0.1 (the paper: 2e-4, 2e-4,
-  128, 0): with a spectrally normalised D, G's learning speed limits a 25-epoch run.
+- --lr 8e-4, --lr-d 2e-4, --batch-size 64, --label-smoothing 0.1 (paper: 2e-4, 2e-4, 128, 0): G learns faster.
 - --spectral-norm in D instead of BatchNorm: with BatchNorm, D overpowers G after about 15 epochs.
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay: the rates fall linearly to 0 over 25 epochs, so late epochs refine; a shorter run is
-  the start of the 25-epoch run, step for step, so it ends as good as that run is at its epoch.
+- --lr-decay: the rates fall linearly to 0 over 25 epochs; a shorter run is that run's start, step for step.
 
     python dcgan.py                           # MNIST at 32x32, 25 epochs, runs/dcgan
     python dcgan.py --dataset folder --data-root data/celeba --img-size 64 --device cuda   # faces

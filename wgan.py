@@ -6,16 +6,14 @@ critic D instead: a raw score (no sigmoid) such that mean(D(real)) - mean(D(fake
 Wasserstein distance between the two distributions, which G then shrinks. The estimate needs a
 1-Lipschitz critic, enforced crudely by clamping every critic weight to [-c, c] after each critic
 step; the critic trains n_critic times per G step so that its estimate stays close to the distance.
-The paper's settings are the critic's defaults: RMSprop (no momentum, which clipping makes unstable),
-lr 5e-5 held constant, c = 0.01 (--critic-boost 100 adds the authors' code's 100 critic steps before
-each of the first 25 G steps and every 500th). There is no --label-smoothing: a critic has no targets.
+The critic has the paper's settings: RMSprop (no momentum: clipping makes it unstable), lr 5e-5 held
+constant, c = 0.01 (--critic-boost 100: the authors' 100 critic steps before G's first 25 and every 500th).
 
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --n-critic 1, not 5: G gets 5 times the updates; at 5 (or 2) 50 epochs leave it undertrained.
 - --lr 1e-4 for G, not 5e-5: G learns at twice the critic's --lr-d 5e-5 (both at 1e-4 stalled).
 - --reuse-fakes: G trains on the critic step's fakes, one G pass fewer (the paper: fresh noise).
 - --ema 0.9999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --no-lr-decay by default (the paper's constant rate); --label-exchange P swaps the two batches.
 
     python wgan.py --epochs 50                # MNIST: grids, snapshots and checkpoint.pt in runs/wgan
     python wgan.py --generate 10000           # samples from the newest run
@@ -40,8 +38,8 @@ def parse_args(argv=None):
     parser = common.build_parser("wgan", "WGAN with weight clipping (MLP generator and critic). There is no "
                                  "--label-smoothing: a critic gives unbounded scores, not probabilities trained "
                                  "towards targets, so there is nothing to smooth.",
-                                 img_size=28, batch_size=64, epochs=50, lr=1e-4, lr_d=5e-5, lr_decay=False, smoothing=False,
-                                 ema=0.9999)
+                                 img_size=28, batch_size=64, epochs=50, lr=1e-4, lr_d=5e-5, lr_decay=False,
+                                 smoothing=False, ema=0.9999)
     parser.add_argument("--n-critic", type=common.positive_int, default=1,
                         help="critic steps per generator step (counted over the whole run)")
     parser.add_argument("--critic-boost", type=common.non_negative_int, default=0, metavar="K",

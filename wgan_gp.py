@@ -6,15 +6,14 @@ WGAN clamps the critic's weights, which cripples it; WGAN-GP adds a soft constra
 loss instead: the optimal critic has gradient norm 1 on the lines between real and generated images,
 so lambda * mean((||grad D(x_hat)||_2 - 1)^2) is taken at random points x_hat on those lines. Without
 clipping, Adam works again (the authors' betas 0.5, 0.9; lambda 10; n_critic 5). No BatchNorm in the
-critic: the penalty is per image. There is no --label-smoothing: a critic has no targets to smooth.
+critic: the penalty is per image. --label-exchange P swaps the batches.
 
 Where this file departs from the paper (where a flag exists, its other setting is the paper's):
 - --n-critic 2, not 5, and G at --lr 8e-4 against the critic's --lr-d 2e-4 (the authors: 1e-4 for both,
   tuned for convolutional networks and 200k G steps): G's updates limit a 50-epoch run.
 - --reuse-fakes: G trains on the critic step's fakes, one G pass fewer (the paper: fresh noise).
 - --ema 0.999: grids and samples come from a moving average of G's weights, steadier than G itself.
-- --lr-decay: the rates fall linearly to 0 over 50 epochs (a shorter run is the 50-epoch run's start);
-  --label-exchange P swaps the batches.
+- --lr-decay: the rates fall linearly to 0 over 50 epochs (a shorter run is the 50-epoch run's start).
 
     python wgan_gp.py --epochs 50             # MNIST: grids, snapshots and checkpoint.pt in runs/wgan_gp
     python wgan_gp.py --generate 10000        # samples from the newest run
