@@ -39,7 +39,8 @@ def run_main(main, argv=None):
         if not re.search(r"out of memory|can't allocate memory", str(error)):
             raise
         print(f"{Path(sys.argv[0]).name}: error: not enough memory ({str(error).splitlines()[0][:60]}): make "
-              "--batch-size, --img-size, --latent-dim, and --width or --blocks where the script has them smaller",
+              "--batch-size, --img-size, --latent-dim, --generate N, and --width or --blocks where the script has "
+              "them smaller",
               file=sys.stderr)
         sys.exit(2)
 
@@ -56,9 +57,9 @@ def _number(kind, ok, rule):
     return parse
 
 
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
+positive_int = _number(int, lambda v: 0 < v < 2**31, "a positive integer below 2**31")   # torch's sizes: int32
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
-non_negative_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
+non_negative_int = _number(int, lambda v: 0 <= v < 2**31, "a whole number >= 0, below 2**31")
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
 probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 fraction = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
@@ -76,7 +77,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, lr_d=
     add = parser.add_argument
     add("--dataset", default=datasets[0], choices=datasets, help="training data ('fake': made up, no files)")
     add("--data-root", help="where datasets live, in torchvision's layout (None: data); --dataset folder: your "
-                            "images, a sub-folder per class or all in one")
+        "images, " + ("in trainA/ and trainB/" if script == "cyclegan" else "a sub-folder per class or all in one"))
     add("--img-size", type=positive_int, default=img_size, help="images are resized to this square size")
     add("--batch-size", type=positive_int if script == "cyclegan" else batch, default=batch_size,   # InstanceNorm: 1
         help="images per step")
@@ -137,6 +138,12 @@ def parse_args(parser, argv=None):
             raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]!r})")
     if "step" not in checkpoint and not args.generate:
         raise UserError(f"{path} is a generator snapshot: resume from the run's checkpoint.pt, or use --generate N")
+    beside = [p for p in (path.with_name("checkpoint.pt"), path.with_name("losses.csv")) if p.exists()]
+    if beside and path.name != "checkpoint.pt" and not args.generate:   # a copy: its run would replace them
+        raise UserError(f"resumed, {path} would replace {beside[0]}: copy it alone into a new folder, resume there")
+    if args.resume not in (None, "last") and args.out != parser.get_default("out") and (
+            Path(args.out).resolve() != path.parent.resolve()):   # a run's files stay in its folder
+        raise UserError(f"--out: a resumed run (and --generate's samples) stays in its folder, {path.parent}")
     if getattr(args, "label", None) is not None and not 0 <= args.label < checkpoint["n_classes"]:
         raise UserError(f"--label {args.label}: the run's classes are 0 to {checkpoint['n_classes'] - 1}")
     args.resume, args.out, step = str(path), str(path.parent), checkpoint.get("step")   # a snapshot: an epoch's end
@@ -149,7 +156,7 @@ def last_run(out, script):
     """The run trained last among `out`, out-2, ...; it must have a checkpoint to go on from."""
     runs = [p for p in out.parent.glob("*") if re.fullmatch(re.escape(out.name) + r"(-\d+)?", p.name) and p.is_dir()]
     if not runs:
-        raise UserError(f"no {script} run in {out.parent}/ (train first, or give --resume CKPT)")
+        raise UserError(f"no {script} run at {out} or {out.name}-2, ... (train first, or give --resume CKPT)")
     last = max(runs, key=lambda p: max((f.stat().st_mtime_ns for f in (p / "losses.csv", p / "checkpoint.pt")
                                         if f.exists()), default=p.stat().st_mtime_ns))   # not --generate's files
     if not (last / "checkpoint.pt").is_file():
@@ -348,7 +355,7 @@ def folder_images(root, size):
             return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES) and e.name[0] != "."
                           and e.is_file())
     with os.scandir(root) as entries:
-        folders = sorted(e.name for e in entries if e.is_dir())
+        folders = sorted(e.name for e in entries if e.is_dir() and e.name[0] != ".")   # not .ipynb_checkpoints
     listed = {name: found for name in folders if (found := images_in(root / name))}   # class: its images
     loose, classes = images_in(root), list(listed) or [root.name]
     if listed and loose or not listed and not loose:
@@ -454,7 +461,8 @@ def claim_folder(out, resume_step=None):
     out = out.resolve() if out.name in ("", "..") else out
     if out.is_file():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
-    taken = lambda path: path.is_dir() and any(f.name != "lock" for f in path.iterdir())   # another run's
+    taken = lambda path: path.is_dir() and any(   # another run's (not what Finder and Explorer leave there)
+        f.name not in ("lock", ".DS_Store", "Thumbs.db", "desktop.ini") for f in path.iterdir())
     for path in (out.with_name(f"{out.name}-{n}") if n > 1 else out for n in range(1, sys.maxsize)):
         if resume_step is None and taken(path):
             continue
@@ -482,7 +490,7 @@ def claim_folder(out, resume_step=None):
             lock.flush()
             if resume_step is not None and (path / "losses.csv").is_file():
                 header, *rows = (path / "losses.csv").read_text().splitlines(keepends=True) or [""]
-                kept = [row for row in rows if int(row.split(",")[0]) <= resume_step]
+                kept = [row for row in rows if row.split(",")[0].isdigit() and int(row.split(",")[0]) <= resume_step]
                 (path / "losses.csv").write_text(header + "".join(kept))
             try:
                 yield path

@@ -51,7 +51,7 @@ def parse_args(argv=None):
                         help="D sees fakes from a pool of this many (0: none)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction,
                         help="the paper's random crop (from 286/256 the size) and flip of each training batch "
-                             "(default: on for folder, off for thin2thick and fake)")
+                             "(None: on for folder, off for thin2thick and fake)")
     args, checkpoint = common.parse_args(parser, argv)
     if args.augment is None:   # photos gain from it; a flipped digit is not a digit, and fake data is not photos
         args.augment = args.dataset == "folder"

@@ -263,7 +263,7 @@ def coverage(probabilities, n_classes):
     counts = torch.bincount(probabilities.argmax(1), minlength=n_classes).double()
     share = counts / counts.sum()
     share = share[share > 0]
-    return (-(share * share.log()).sum() / math.log(n_classes)).item()
+    return abs((share * share.log()).sum().item()) / math.log(n_classes)   # abs: not -0.0 for one class
 
 
 def confidence(probabilities):

@@ -327,3 +327,58 @@ def test_a_run_from_before_lr_d_and_reuse_fakes_goes_on_as_it_began(tmp_path):
         resumed = load(out / "checkpoint.pt")
         assert resumed["args"]["lr_d"] is None and resumed["args"].get("reuse_fakes", False) is False
         assert resumed["opt_d"]["param_groups"][0]["initial_lr"] == resumed["args"]["lr"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A second newcomer's review
+# ---------------------------------------------------------------------------------------------
+def test_a_copied_checkpoint_never_replaces_its_folder_s_run_and_out_cannot_move_a_run(tmp_path, capsys):
+    """Resumed from a copy beside the run's own checkpoint.pt, the copy would overwrite it and cut losses.csv
+    back; --out beside --resume CKPT would be ignored. Both: one line, nothing changed."""
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "2", "--out", out]) == 0
+    (out / "backup.pt").write_bytes((out / "checkpoint.pt").read_bytes())
+    assert run_inprocess(gan.main, ["--resume", out, "--max-steps", "4"]) == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "losses.csv")}
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", out / "backup.pt", "--max-steps", "3"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"resumed, {out / 'backup.pt'} would replace "
+                                                    f"{out / 'checkpoint.pt'}: copy it alone into a new folder, resume there")
+    assert run_inprocess(gan.main, ["--resume", out, "--max-steps", "5", "--out", tmp_path / "elsewhere"]) == 2
+    assert f"stays in its folder, {out}" in capsys.readouterr().err
+    assert before == {name: (out / name).read_bytes() for name in ("checkpoint.pt", "losses.csv")}
+    assert not (tmp_path / "elsewhere").exists()
+    fresh = tmp_path / "copy"   # alone in a folder, the copy goes on
+    fresh.mkdir()
+    (fresh / "backup.pt").write_bytes((out / "backup.pt").read_bytes())
+    assert run_inprocess(gan.main, ["--resume", fresh / "backup.pt", "--max-steps", "3"]) == 0
+    assert load(fresh / "checkpoint.pt")["step"] == 3
+
+
+def test_an_edited_losses_csv_does_not_stop_a_resume(tmp_path):
+    """A blank line (an editor's) or a line of text: kept out, the rows up to the checkpoint kept."""
+    out = tmp_path / "run"
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "2", "--out", out]) == 0
+    with open(out / "losses.csv", "a") as f:
+        f.write("\nnotes,mine\n")
+    assert run_inprocess(gan.main, ["--resume", out, "--max-steps", "3"]) == 0
+    assert [row.split(",")[0] for row in (out / "losses.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
+
+
+def test_what_finder_and_explorer_leave_does_not_make_a_folder_taken_or_a_class(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / ".DS_Store").write_bytes(b"\0")
+    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", tmp_path / "mine"]) == 0
+    assert (tmp_path / "mine" / "checkpoint.pt").is_file() and not (tmp_path / "mine-2").exists()
+    root = write_image_folder(tmp_path / "cats", classes=("cats",), per_class=4)
+    (root / ".ipynb_checkpoints").mkdir()   # a hidden folder beside the class folder is not a second class
+    (root / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes((root / "cats" / "0.png").read_bytes())
+    images, labels, classes = common.folder_images(root, 16)
+    assert classes == ["cats"] and len(images) == 4
+
+
+@pytest.mark.parametrize("flag", ["--latent-dim", "--img-size", "--generate"])
+def test_a_size_too_large_for_torch_is_refused_by_the_parser(flag, capsys):
+    with pytest.raises(SystemExit) as exit:
+        gan.parse_args([*FAKE, flag, str(2**31)])
+    assert exit.value.code == 2 and "is not a positive integer below 2**31" in capsys.readouterr().err
