@@ -57,7 +57,7 @@ def _number(kind, ok, rule):
     return parse
 
 
-positive_int = _number(int, lambda v: 0 < v < 2**31, "a positive integer below 2**31")   # torch's sizes: int32
+positive_int = _number(int, lambda v: 0 < v < 2**31, "a positive integer below 2**31")   # larger: overflows in torch
 positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number")
 non_negative_int = _number(int, lambda v: 0 <= v < 2**31, "a whole number >= 0, below 2**31")
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
