@@ -355,13 +355,15 @@ def generate(args, checkpoint, device):
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.amp)
     common.seed_everything(args.seed)
     if args.generate:   # no training: translate test images with a checkpoint or snapshot
         return generate(args, checkpoint, device)
 
     # Data, networks (the translator's two generators make the grids and snapshots), pools, schedules
     data = load_unpaired(args, device)   # decoded once; batches are cut on the device
+    if checkpoint and checkpoint["data"] != str(data):   # a folder changed: the run's epochs would not add up
+        raise common.UserError(f"the data is {data}; the run trained on {checkpoint['data']}")
     translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     steps, step = min(len(data.a.images), len(data.b.images)) // args.batch_size, 0   # per epoch
     last_step = min(args.max_steps or math.inf, steps * args.epochs)
@@ -377,19 +379,20 @@ def main(argv=None):
         for name, thing in state.items():
             thing.load_state_dict(checkpoint[name])
         step = checkpoint["step"]
-        common.set_rng_state(checkpoint["rng"], device)
+        common.set_rng_state(checkpoint["rng"])
     if step >= last_step:
-        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} and "
-              "a larger --epochs or --max-steps (past the default --epochs, the rate steps back up)")
+        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} "
+              f"--epochs {step // steps + 1} or more (past the default --epochs, the rate steps back up)")
         return
     if args.compile:   # fused kernels; the first steps wait for the compiler
         for network in (translator.g_ab, translator.g_ba, d_a, d_b):
             network.compile()
-    amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
+    # --amp: products in bfloat16; no cast cache, as the step changes the weights between its passes
+    amp = torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False)
     settings = {"lambda_cycle": args.lambda_cycle, "lambda_identity": args.lambda_identity,
                 "label_smoothing": args.label_smoothing, "label_exchange": args.label_exchange}   # by name
     meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
-            "class_names": data.class_names}
+            "class_names": data.class_names, "data": str(data)}   # "data": a resumed run's must be the same
 
     # The loop: a G and a D update per pair of batches, a progress line every --log-every steps, the checkpoint
     # every --checkpoint-every minutes; at each epoch's end (and at --max-steps, Ctrl-C or SIGTERM) a grid (and
@@ -429,7 +432,7 @@ def main(argv=None):
                     common.save_atomically({**meta, "epoch": epoch + 1, "sampler": translator.state_dict()},
                                            folder / f"generator_epoch_{epoch + 1:03d}.pt")
             common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
-                                    "epoch": step // steps, "rng": common.rng_state(device)}, folder / "checkpoint.pt")
+                                    "epoch": step // steps, "rng": common.rng_state()}, folder / "checkpoint.pt")
             saved_at, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
             if stop:
                 print(f"stopped at step {step}; continue with: python {args.script}.py --resume "

@@ -305,6 +305,9 @@ def find_sources(source, curve):
         runs = [read_run(path) for _, path in snapshots]
         return snapshots, runs[-1]
     path = source / "checkpoint.pt" if source.is_dir() else source
+    if source.is_file() and source.suffix != ".pt":
+        raise common.UserError(f"{source}: a {source.suffix or 'suffix-less'} file; give a run folder, a .pt "
+                               "checkpoint or an .npz of samples")
     if not path.is_file():
         raise common.UserError(f"{source} holds no checkpoint.pt: not a run folder")
     return [(None, path)], read_run(path)
@@ -480,7 +483,7 @@ def scores(images, labels, classifier, test, train, real, test_probabilities):
         real[size] = test_statistics, frechet_distance(*gaussian_statistics(floor_features), *test_statistics)
     test_statistics, fd_floor = real[size]
     features, probabilities = classify(classifier, common.resize(images, CLASSIFIER_SIZE))
-    return {"n": n, "image_size": size, "n_test": len(test.images), "n_floor": n,
+    return {"n": n, "image_size": size, "n_test": len(test.images), "n_floor": min(n, len(train.images)),
             "fd": frechet_distance(*gaussian_statistics(features), *test_statistics), "fd_floor": fd_floor,
             "class_accuracy": accuracy(probabilities, labels) if labels is not None else None,
             "accuracy_ceiling": accuracy(test_probabilities, test.labels),

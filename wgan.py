@@ -198,7 +198,7 @@ def load_generator(path, device="cpu"):
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     args, checkpoint = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.amp)
     common.seed_everything(args.seed)
     if args.generate:   # no training: samples from a checkpoint or snapshot
         return common.generate(load_generator(args.resume, device), args, checkpoint["n_classes"])
@@ -220,19 +220,20 @@ def main(argv=None):
         for name, thing in state.items():
             thing.load_state_dict(checkpoint[name])
         fixed_noise, step = checkpoint["fixed_noise"].to(device), checkpoint["step"]
-        common.set_rng_state(checkpoint["rng"], device)
+        common.set_rng_state(checkpoint["rng"])
     if step >= last_step:
-        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} and "
-              "a larger --epochs or --max-steps (past the default --epochs, the rate steps back up)")
+        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} "
+              f"--epochs {step // steps + 1} or more (past the default --epochs, the rate steps back up)")
         return
     if args.compile:   # fused kernels; the first steps wait for the compiler
         for network in (generator, critic):
             network.compile()
-    amp = common.autocast(device, args.amp)   # --amp: bfloat16 products
+    # --amp: products in bfloat16; no cast cache, as the step changes the weights between its passes
+    amp = torch.autocast(device.type, torch.bfloat16, enabled=args.amp, cache_enabled=False)
     settings = {"latent_dim": args.latent_dim, "label_exchange": args.label_exchange, "clip": args.clip,
                 "reuse_fakes": args.reuse_fakes}   # train_step's, by name
     meta = {"script": args.script, "args": vars(args), "image_shape": data.shape, "n_classes": data.n_classes,
-            "class_names": data.class_names}
+            "class_names": data.class_names, "data": str(data)}   # "data": a resumed run's must be the same
 
     # The loop: a critic update per batch and a G update on G's turns, a progress line every --log-every steps,
     # the checkpoint every --checkpoint-every minutes; at each epoch's end (and at --max-steps, Ctrl-C or
@@ -277,7 +278,7 @@ def main(argv=None):
                                            folder / f"generator_epoch_{epoch + 1:03d}.pt")
             common.save_atomically({**meta, **{name: thing.state_dict() for name, thing in state.items()}, "step": step,
                                     "epoch": step // steps, "fixed_noise": fixed_noise,
-                                    "rng": common.rng_state(device)}, folder / "checkpoint.pt")
+                                    "rng": common.rng_state()}, folder / "checkpoint.pt")
             saved_at, clock = time.monotonic(), (time.perf_counter(), step)   # saving is not training time
             if stop:
                 print(f"stopped at step {step}; continue with: python {args.script}.py --resume "

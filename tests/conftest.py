@@ -35,13 +35,6 @@ def private_cache(tmp_path_factory):
         yield
 
 
-@pytest.fixture(autouse=True)
-def cpu_with_bfloat16(monkeypatch):
-    """--amp's tests run as on a CPU with bfloat16 instructions: the same arithmetic, emulated here (slower).
-    tests/test_machines.py checks the refusal where they are missing."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-
-
 def write_idx_dataset(folder, n_train=128, n_test=64, size=28, seed=0, compress=False):
     """A tiny dataset in MNIST's raw idx format (what torchvision's MNIST reader parses): grey
     images with a bright bar whose position is the class. Returns (train_images, train_labels)."""

@@ -198,6 +198,13 @@ def test_images_of_another_size_are_resized_like_the_real_ones(tiny, tmp_path, c
     assert "resizing the 32x32 samples to 28x28" in result["_stderr"]
 
 
+def test_the_floor_reports_the_training_images_it_used(tiny, tmp_path, capsys):
+    """--n past the training set's size: the floor uses all 256 training images, and says so (not --n)."""
+    images = np.repeat(tiny["train"].numpy(), 2, axis=0)[:300]
+    result = score(write_npz(tmp_path / "many.npz", images), tiny["root"], capsys, "--n", "300", "--dataset", "mnist")
+    assert result["n"] == 300 and result["n_floor"] == 256
+
+
 def test_the_table_shows_every_number(tiny, tmp_path, capsys):
     npz = write_npz(tmp_path / "test.npz", tiny["test"], tiny["labels"])
     assert run_inprocess(evaluate.main, [npz, "--data-root", tiny["root"], "--n", 100]) == 0

@@ -3,7 +3,6 @@ Linux-only on a command's path, and the mistakes a new user made (a bare --resum
 run, a batch of 1, a second Ctrl-C, Ctrl-C before the first step)."""
 import ctypes
 import os
-import random
 import re
 import signal
 import subprocess
@@ -14,11 +13,9 @@ import pytest
 import torch
 
 import acgan
-import cgan
 import common
 import cyclegan
 import gan
-import wgan
 from conftest import ROOT, load, run_inprocess, write_idx_dataset, write_image_folder
 
 FAKE = ["--dataset", "fake", "--log-every", "1"]
@@ -51,23 +48,19 @@ def test_cudnn_times_its_kernels_and_linear_layers_may_use_tf32():
 
 
 def test_amp_on_a_gpu_without_bfloat16_is_one_line(monkeypatch):
-    """2: a GPU before Ampere would emulate bfloat16, slowly: refused, naming the GPU."""
+    """2: a GPU before Ampere would emulate bfloat16, slowly: refused when the device is picked, naming the GPU."""
+    empty = torch.empty
+
+    class OnGpu:   # what torch.empty gives on a GPU, as far as pick_device looks
+        is_cuda, device = True, torch.device("cuda", 0)
+    monkeypatch.setattr(torch, "empty", lambda *args, device: OnGpu() if str(device).startswith("cuda") else empty(
+        *args, device=device))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    with pytest.raises(common.UserError, match=r"--amp: Tesla T4 has no bfloat16 \(GPUs have it from Ampere on\)"):
-        common.autocast(torch.device("cuda"), True)
-    assert common.autocast(torch.device("cuda"), False) is not None   # without --amp nothing is asked
-
-
-def test_amp_on_a_cpu_without_bfloat16_instructions_is_one_line(monkeypatch):
-    """2: an x86 CPU without AVX512-BF16 or AMX emulates bfloat16: gan's step ran 12x slower here."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(common.platform, "machine", lambda: "x86_64")
-    with pytest.raises(common.UserError, match=r"--amp: this CPU has no bfloat16 instructions"):
-        common.autocast(torch.device("cpu"), True)
-    monkeypatch.setattr(common.platform, "machine", lambda: "arm64")   # Apple's and others': not refused
-    assert common.autocast(torch.device("cpu"), True) is not None
+    with pytest.raises(common.UserError, match=r"--amp: Tesla T4: no bfloat16 \(GPUs have it from Ampere on\)"):
+        common.pick_device("cuda", amp=True)
+    assert common.pick_device("cuda") == torch.device("cuda", 0)   # without --amp nothing is asked
+    assert common.pick_device("cpu", amp=True) == torch.device("cpu")   # a CPU emulates it where it lacks it
 
 
 def test_compile_offers_only_the_mode_that_has_run(capsys):
@@ -75,29 +68,6 @@ def test_compile_offers_only_the_mode_that_has_run(capsys):
     with pytest.raises(SystemExit) as exit:
         gan.parse_args(["--compile", "reduce-overhead"])
     assert exit.value.code == 2 and "unrecognized arguments: reduce-overhead" in capsys.readouterr().err
-
-
-def test_a_checkpoint_keeps_one_gpu_s_generator_and_moves_between_machines(monkeypatch):
-    """4: a checkpoint keeps the generator of the GPU the run used; an older one kept every GPU's (two here).
-    Restored on a CPU the GPU's is ignored; on cuda:N the N-th of an old list, or nothing if there is none."""
-    restored = []
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((8,), 7, dtype=torch.uint8))
-    saved = common.rng_state(torch.device("cuda", 1))
-    assert torch.equal(saved["cuda"], torch.full((8,), 7, dtype=torch.uint8)) and common.rng_state(torch.device("cpu"))["cuda"] is None
-    two_gpus = [torch.zeros(8, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)]
-    for rng, device, expected in [(saved, "cpu", None), ({**saved, "cuda": two_gpus}, "cpu", None),
-                                  ({**saved, "cuda": None}, "cuda:0", None), (saved, "cuda:0", saved["cuda"]),
-                                  ({**saved, "cuda": two_gpus}, "cuda:1", two_gpus[1]),
-                                  ({**saved, "cuda": two_gpus[:1]}, "cuda:1", None)]:
-        restored.clear()
-        torch.manual_seed(123)
-        random.seed(5)
-        expected_torch, expected_python = torch.get_rng_state(), random.getstate()
-        torch.manual_seed(0)
-        common.set_rng_state({**rng, "torch": expected_torch, "python": expected_python}, torch.device(device))
-        assert torch.equal(torch.get_rng_state(), expected_torch) and random.getstate() == expected_python
-        assert [state for state, _ in restored] == ([] if expected is None else [expected]), (device, restored)
 
 
 RESIZE = """
@@ -131,10 +101,10 @@ def test_help_says_where_the_same_seed_gives_the_same_numbers(capsys):
 
 
 def test_a_long_eta_counts_days(tmp_path, capsys):
-    """7: three days and more are not 05:12:00."""
+    """7: three days and more are not 05:12 (hours:minutes)."""
     args = gan.parse_args([])[0]
     common.log(tmp_path, {"loss": 1.0}, 1, 0, args, 1 + int((3 * 86400 + 5 * 3600 + 12 * 60) * 100 / 64), 100.0)
-    assert capsys.readouterr().out.rstrip().endswith("100 img/s  3 d 05:12:00 left")
+    assert capsys.readouterr().out.rstrip().endswith("100 img/s  77:12 left")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,13 +146,12 @@ def test_a_bare_resume_takes_the_run_trained_last_or_says_why_it_cannot(tmp_path
     assert capsys.readouterr().out.splitlines()[:3] == [
         f"resuming {runs / 'gan' / 'checkpoint.pt'}: fake, step 2, 0 of 50 epochs complete",
         f"run folder: {runs / 'gan'}", "data: fake, 512 images, 10 classes, 1 channel(s), 28 px"]
-    for flag, value in (("--dataset", "mnist"), ("--data-root", "elsewhere")):   # the data may not change
-        assert run_inprocess(gan.main, ["--resume", runs / "gan", flag, value]) == 2
-        assert f"{flag} cannot change when resuming" in capsys.readouterr().err
+    assert run_inprocess(gan.main, ["--resume", runs / "gan", "--dataset", "mnist"]) == 2   # the data may not change
+    assert "--dataset cannot change when resuming" in capsys.readouterr().err
 
 
 def test_a_second_process_on_a_training_run_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, capsys):
-    """10: one line naming the process that trains the run; after kill -9 the run can go on."""
+    """10: one line saying another process trains the run; after kill -9 the run can go on."""
     out = tmp_path / "run"
     first = start(*FAKE, "--epochs", "1000", "--checkpoint-every", "0.001", "--out", out)
     try:
@@ -191,7 +160,7 @@ def test_a_second_process_on_a_training_run_is_refused_and_a_killed_one_leaves_n
             time.sleep(0.05)
         assert run_inprocess(gan.main, ["--resume", out, "--max-steps", "100000"]) == 2
         assert capsys.readouterr().err.strip().endswith(
-            f": error: {out} is being trained by process {first.pid}: let it finish, or stop it")
+            f": error: {out} is being trained by another process: let it finish, or stop it")
         first.kill()   # kill -9: no handler runs
         first.wait()
     finally:
@@ -295,46 +264,22 @@ def test_a_resumed_run_logs_each_step_once_and_the_run_trained_last_is_by_its_ow
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_file_system_without_locks_trains_unlocked_with_one_line(tmp_path, monkeypatch, capsys):
+def test_a_file_system_without_locks_trains_unlocked(tmp_path, monkeypatch, capsys):
+    """Network and FUSE mounts (Colab's Google Drive) may have no locks: the run trains, unlocked."""
     def no_locks(file, operation):
         raise OSError(37, "No locks available")
     monkeypatch.setattr(common.fcntl, "flock", no_locks)
     assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", tmp_path / "run"]) == 0
-    assert "cannot be locked here (No locks available): train it from one process only" in capsys.readouterr().err
+    assert capsys.readouterr().err == "" and load(tmp_path / "run" / "checkpoint.pt")["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-
-
-def test_out_dot_is_the_current_folder_or_the_next_free_name_beside_it(tmp_path, monkeypatch):
-    (tmp_path / "here").mkdir()
-    (tmp_path / "here" / "notes.txt").write_text("mine")
-    monkeypatch.chdir(tmp_path / "here")
-    assert run_inprocess(gan.main, [*FAKE, "--max-steps", "1", "--out", "."]) == 0
-    assert (tmp_path / "here-2" / "checkpoint.pt").is_file() and sorted(os.listdir(".")) == ["notes.txt"]
-
-
-def test_a_run_from_before_lr_d_and_reuse_fakes_goes_on_as_it_began(tmp_path):
-    """A checkpoint written before --lr-d and --reuse-fakes existed resumes with D at G's rate and fresh
-    noise for G, as it trained, not with today's defaults."""
-    for module, gone in ((cgan, ("lr_d",)), (wgan, ("lr_d", "reuse_fakes"))):
-        out = tmp_path / module.__name__
-        flags = [*FAKE, "--max-steps", "1", "--out", out, "--lr-d", str(module.parse_args([])[0].lr)]   # one rate
-        assert run_inprocess(module.main, flags + (["--no-reuse-fakes"] if module is wgan else [])) == 0
-        checkpoint = load(out / "checkpoint.pt")
-        for name in gone:
-            del checkpoint["args"][name]
-        torch.save(checkpoint, out / "checkpoint.pt")
-        assert run_inprocess(module.main, ["--resume", out, "--max-steps", "2"]) == 0
-        resumed = load(out / "checkpoint.pt")
-        assert resumed["args"]["lr_d"] is None and resumed["args"].get("reuse_fakes", False) is False
-        assert resumed["opt_d"]["param_groups"][0]["initial_lr"] == resumed["args"]["lr"]
 
 
 # ---------------------------------------------------------------------------------------------
 # A second newcomer's review
 # ---------------------------------------------------------------------------------------------
-def test_a_copied_checkpoint_never_replaces_its_folder_s_run_and_out_cannot_move_a_run(tmp_path, capsys):
+def test_a_copied_checkpoint_never_replaces_its_folder_s_run(tmp_path, capsys):
     """Resumed from a copy beside the run's own checkpoint.pt, the copy would overwrite it and cut losses.csv
-    back; --out beside --resume CKPT would be ignored. Both: one line, nothing changed."""
+    back: only a file named checkpoint.pt resumes (a snapshot neither). One line; nothing changed."""
     out = tmp_path / "run"
     assert run_inprocess(gan.main, [*FAKE, "--max-steps", "2", "--out", out]) == 0
     (out / "backup.pt").write_bytes((out / "checkpoint.pt").read_bytes())
@@ -342,16 +287,14 @@ def test_a_copied_checkpoint_never_replaces_its_folder_s_run_and_out_cannot_move
     before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "losses.csv")}
     capsys.readouterr()
     assert run_inprocess(gan.main, ["--resume", out / "backup.pt", "--max-steps", "3"]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"resumed, {out / 'backup.pt'} would replace "
-                                                    f"{out / 'checkpoint.pt'}: copy it alone into a new folder, resume there")
-    assert run_inprocess(gan.main, ["--resume", out, "--max-steps", "5", "--out", tmp_path / "elsewhere"]) == 2
-    assert f"stays in its folder, {out}" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith("error: resume from a run's checkpoint.pt, not backup.pt (a copy: "
+                                                    "into a new folder, named checkpoint.pt; --generate N takes "
+                                                    "snapshots too)")
     assert before == {name: (out / name).read_bytes() for name in ("checkpoint.pt", "losses.csv")}
-    assert not (tmp_path / "elsewhere").exists()
-    fresh = tmp_path / "copy"   # alone in a folder, the copy goes on
+    fresh = tmp_path / "copy"   # in a folder of its own, as checkpoint.pt, the copy goes on
     fresh.mkdir()
-    (fresh / "backup.pt").write_bytes((out / "backup.pt").read_bytes())
-    assert run_inprocess(gan.main, ["--resume", fresh / "backup.pt", "--max-steps", "3"]) == 0
+    (fresh / "checkpoint.pt").write_bytes((out / "backup.pt").read_bytes())
+    assert run_inprocess(gan.main, ["--resume", fresh, "--max-steps", "3"]) == 0
     assert load(fresh / "checkpoint.pt")["step"] == 3
 
 

@@ -33,8 +33,8 @@ def test_the_readme_s_generator_examples_run(tmp_path, monkeypatch):
 
 
 def test_load_generator_raises_ordinary_exceptions_in_a_library(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError):
         gan.load_generator(tmp_path / "runs" / "gan" / "checkpoint.pt")
     (tmp_path / "half.pt").write_bytes(b"half a file")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="is not a whole checkpoint"):
         gan.load_generator(tmp_path / "half.pt")
