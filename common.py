@@ -1,6 +1,6 @@
 """What the GAN scripts share: flags, data (decoded once, batches cut on the device), grids and small file helpers.
 No network, loss or training step lives here, and nothing runs the loop: each script's main() writes its own."""
-import argparse, glob, hashlib, importlib, json, math, os, random, re, signal, sys  # noqa: E401
+import argparse, glob, hashlib, importlib, inspect, json, math, os, random, re, signal, sys  # noqa: E401
 from contextlib import contextmanager, suppress
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms.functional import center_crop, resize as resize_image
 from torchvision.utils import save_image
 fcntl = None if os.name == "nt" else importlib.import_module("fcntl")   # for run folders' locks; Windows: none
@@ -63,7 +63,7 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, lr_d=
     """The flags every script shares, each with its default in --help; the script adds its own."""
     parser = argparse.ArgumentParser(prog=f"{script}.py", description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.set_defaults(script=script, conditional=conditional, default_epochs=epochs, default_lr_d=lr_d)
+    parser.set_defaults(script=script, conditional=conditional, default_epochs=epochs, default_lr=lr, default_lr_d=lr_d)
     add, path = parser.add_argument, os.path.expanduser   # a quoted ~/runs is in the home folder too
     add("--dataset", default=datasets[0], choices=datasets, help="training data ('fake': made up, no files)")
     add("--data-root", type=path, help="where datasets live, in torchvision's layout (None: data); --dataset folder: "
@@ -72,9 +72,10 @@ def build_parser(script, description, *, img_size, batch_size, epochs, lr, lr_d=
     add("--batch-size", type=positive_int if script == "cyclegan" else batch, default=batch_size,   # InstanceNorm: 1
         help="images per step")
     add("--epochs", type=positive_int, default=epochs, help="passes over the data")
-    add("--lr", type=positive_float, default=lr, help="learning rate of G's optimiser, and of D's without --lr-d")
+    add("--lr", type=positive_float, default=argparse.SUPPRESS, help="learning rate of G's optimiser, and of D's "
+        f"without --lr-d (default: {lr})")
     add("--lr-d", type=positive_float, default=argparse.SUPPRESS, metavar="LR", help="learning rate of D's (the "
-        "critic's) optimiser (default: " + (f"{lr_d} with the default --lr, else --lr)" if lr_d else "--lr)"))
+        f"critic's) optimiser (default: --lr if given, else {lr_d or lr})")
     add("--lr-decay", action=argparse.BooleanOptionalAction, default=lr_decay, help=f"rates fall linearly to 0 by a "
         f"{epochs}-epoch run's end (a shorter run is its start)" if script != "cyclegan" else "over the second half")
     if latent_dim:   # not cyclegan's
@@ -114,17 +115,18 @@ def parse_args(parser, argv=None):
         for name, value in vars(args).items():   # a changed --lr would otherwise be silently ignored
             if name in saved and name not in may_change and saved[name] != value:
                 raise UserError(f"--{name.replace('_', '-')} cannot change when resuming (the run used {saved[name]})")
-        if path.name != "checkpoint.pt" and not args.generate:   # a snapshot, or a copy that would replace its run
-            raise UserError(f"resume from a run's checkpoint.pt, not {path.name} (a copy: into a new folder, named "
-                            "checkpoint.pt; --generate N takes snapshots too)")
+        if not args.generate and ("step" not in checkpoint or path.name != "checkpoint.pt"):   # a copy: over its run
+            raise UserError(f"{path} cannot be resumed, a run's checkpoint.pt can (a snapshot is for --generate N; a "
+                            "copied checkpoint goes into a new folder, as checkpoint.pt)")
         args.resume, args.out, step = str(path), str(path.parent), checkpoint.get("step")   # a snapshot: epoch's end
         print(f"{'generating from' if args.generate else 'resuming'} {path}: {saved['dataset']}, "
               f"{'' if step is None else f'step {step}, '}{checkpoint['epoch']} of {saved['epochs']} epochs complete")
     if getattr(args, "label", None) is not None and not (args.generate and 0 <= args.label < checkpoint["n_classes"]):
         raise UserError(f"--label {args.label}: the run's classes are 0 to {checkpoint['n_classes'] - 1}" if
                         args.generate else "--label K chooses the class of generated samples: use it with --generate N")
-    if not hasattr(args, "lr_d"):   # a new run: D's rate follows a given --lr, as in most GAN code
-        args.lr_d = args.default_lr_d if args.default_lr_d and args.lr == parser.get_default("lr") else args.lr
+    if not hasattr(args, "lr_d"):   # a new run: D's rate is a given --lr, else the script's own
+        args.lr_d = getattr(args, "lr", args.default_lr_d or args.default_lr)
+    args.lr = getattr(args, "lr", args.default_lr)
     if args.data_root or args.dataset != "folder":   # a whole path: the run resumes from any working folder
         args.data_root = str(Path(args.data_root or "data").resolve())
     return args, checkpoint
@@ -133,8 +135,9 @@ def parse_args(parser, argv=None):
 def last_run(out, script):
     """The run trained last among `out`, out-2, ...; it must have a checkpoint to go on from."""
     runs = [p for p in out.parent.glob("*") if re.fullmatch(re.escape(out.name) + r"(-\d+)?", p.name) and p.is_dir()]
-    last = max(runs, default=None, key=lambda p: max((f.stat().st_mtime_ns for f in (p / "losses.csv", p /
-               "checkpoint.pt") if f.exists()), default=p.stat().st_mtime_ns))   # not --generate's files
+    trained = lambda p: max((f.stat().st_mtime_ns for f in (p / "losses.csv", p / "checkpoint.pt") if f.exists()),
+                            default=p.stat().st_mtime_ns)   # by the run's own files, not --generate's
+    last = max(runs, key=trained, default=None)
     if last is None or not (last / "checkpoint.pt").is_file():
         raise UserError(f"{last}, the {script} run trained last, has no checkpoint (it stopped in its first epoch), "
                         "so it cannot go on: start it again, or continue another run with --resume FOLDER" if last else
@@ -149,8 +152,7 @@ def pick_device(name, amp=False):
         raise UserError(f"--device {name} is not available here (use auto, cpu, cuda, cuda:N or mps)") from None
     if amp and probe.is_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UserError(f"--amp: {torch.cuda.get_device_name(probe.device)}: no bfloat16 (GPUs have it from Ampere on)")
-    # CUDA: the shapes never change, so cuDNN times its kernels once; Linear layers on tensor cores, as convolutions
-    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = True   # CUDA: fixed shapes; TF32 Linear
     return probe.device
 
 
@@ -159,7 +161,7 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():   # the CPU's generators: a run resumes exactly on a CPU (on CUDA, cuDNN's kernels are not exact)
+def rng_state():   # the CPU's: a resumed CUDA run draws its noise anew from --seed (CUDA's kernels are not exact)
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
 
@@ -202,14 +204,14 @@ def log(folder, means, step, epoch, args, last_step, images_per_s):
     line = f"epoch {epoch + 1}/{args.epochs}  step {step}/{last_step}  " + "  ".join(
         f"{name} {mean:.4f}" for name, mean in means.items())
     if images_per_s:   # the time left in hours and minutes: a run may take days
-        minutes = (last_step - step) * args.batch_size / images_per_s / 60
-        line += f"  {images_per_s:,.0f} img/s  {minutes // 60:.0f}:{minutes % 60:02.0f} left"
+        minutes = round((last_step - step) * args.batch_size / images_per_s / 60)
+        line += f"  {images_per_s:,.0f} img/s  {minutes // 60}:{minutes % 60:02d} left"
     print(line, flush=True)
 
 
 # --- Data --------------------------------------------------------------------------------------
 class Data:
-    """Images, one uint8 tensor (N, C, H, W), and labels (N,); on the device if they fit a quarter of its memory."""
+    """uint8 images (N, C, H, W) and labels (N,), on the device when they fit a quarter of its free memory."""
 
     def __init__(self, images, labels, class_names, device):
         self.device, self.class_names, self.n_classes = device, class_names, len(class_names)
@@ -236,6 +238,8 @@ class Data:
 def load_data(args, device, checkpoint=None, train=True):
     """The dataset the flags name, resized once to --img-size; resumed, it must be the run's own."""
     root, size = Path(args.data_root or "data"), args.img_size
+    if checkpoint and args.dataset != "fake" and not root.is_dir():   # moved since the run began
+        raise UserError(f"the run's data was in {root}, which is gone: if it moved, give --data-root DIR")
     if args.dataset == "fake":   # grey noise with a bright square whose place is the class
         labels, classes = torch.arange(512) % 10, [str(k) for k in range(10)]
         images = torch.randint(0, 40, (512, 1, 32, 32), generator=torch.Generator().manual_seed(args.seed)).byte()
@@ -288,9 +292,10 @@ def folder_images(root, size):
     names = [f"{name}/{file}" for name, found in listed.items() for file in found] or loose
     labels = torch.tensor([k for k, found in enumerate(listed.values()) for _ in found] or [0] * len(names))
     sizes_and_times = [(s.st_size, s.st_mtime_ns) for s in map(os.stat, [f"{root}/{name}" for name in names])]
+    key = json.dumps([names, sizes_and_times, inspect.getsource(decode)])   # a new decode() decodes them again
     stem = f"{root.name}-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}-{size}px"   # this folder, size
     cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gan-scripts"
-             / f"{stem}-{hashlib.sha256(json.dumps([names, sizes_and_times]).encode()).hexdigest()[:16]}.npy")   # files
+             / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy")
     with suppress(OSError, ValueError):   # none yet, or damaged: decoded again
         return torch.from_numpy(np.load(cache, mmap_mode="c")), labels, classes   # copy-on-write: the file stays
     print(f"decoding {len(names):,} images in {root}, once: later starts read them from {cache}", file=sys.stderr)
@@ -315,9 +320,11 @@ def decode(path, size):
     """One image as uint8 (3, size, size): its shorter side resized to size (antialiased), then its centre square."""
     try:
         with Image.open(path) as image:
-            if image.mode in ("I", "F") or image.mode.startswith("I;16"):   # 16-bit PNGs and TIFFs; float: 0 to 1
-                scaled = np.asarray(image, np.float64) * (255 if image.mode == "F" else 1 / 257)
-                image = Image.fromarray(scaled.clip(0, 255).round().astype(np.uint8))
+            image = ImageOps.exif_transpose(image)   # a phone's photo stands as it was taken
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):   # 16-bit PNGs and TIFFs, float images
+                values = np.asarray(image, np.float64)   # 0..65535 (a 16-bit type always), 0..255, or floats 0..1
+                scale = 1 / 257 if "16" in image.mode or values.max() > 255 else 255 if values.max() <= 1 else 1
+                image = Image.fromarray((values * scale).clip(0, 255).round().astype(np.uint8))
             if "A" in image.getbands() or "transparency" in image.info:   # transparent: white, as viewers show it
                 image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
             pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)   # (3, H, W)
@@ -368,8 +375,8 @@ def claim_folder(out, resume_step=None):
     """The run's folder, locked in the block: a new run's is `out` if new or empty, else out-2, ...; resumed: its own"""
     if resume_step is None and out.name in ("", ".."):   # --out . would take a name beside the current folder
         raise UserError(f"--out {out} names no folder of its own: name one, such as --out runs/NAME")
-    taken = lambda path: path.is_dir() and any(   # another run's (not what Finder and Explorer leave there)
-        f.name not in ("lock", ".DS_Store", "Thumbs.db", "desktop.ini") for f in path.iterdir())
+    taken = lambda path: path.is_file() or path.is_dir() and any(   # a file, or another run's folder (not what
+        f.name not in ("lock", ".DS_Store", "Thumbs.db", "desktop.ini") for f in path.iterdir())   # Finder leaves)
     for path in (out.with_name(f"{out.name}-{n}") if n > 1 else out for n in range(1, sys.maxsize)):
         if resume_step is None and taken(path):
             continue

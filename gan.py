@@ -170,8 +170,9 @@ def main(argv=None):
         fixed_noise, step = checkpoint["fixed_noise"].to(device), checkpoint["step"]
         common.set_rng_state(checkpoint["rng"])
     if step >= last_step:
-        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} "
-              f"--epochs {step // steps + 1} or more (past the default --epochs, the rate steps back up)")
+        more = (f"--epochs {step // steps + 1} or more (past the default --epochs, the rate steps back up)"
+                if step >= steps * args.epochs else f"--max-steps {step + 1} or more, or without --max-steps")
+        print(f"nothing left to train at step {step}: go on with python {args.script}.py --resume {args.resume} {more}")
         return
     if args.compile:   # fused kernels; the first steps wait for the compiler
         for network in (generator, discriminator):

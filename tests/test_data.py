@@ -97,6 +97,20 @@ def test_a_changed_folder_is_decoded_again(tmp_path, user_cache, decodes, change
         assert images[6 + 2, :, 16, 16].tolist() == [9, 99, 199]
 
 
+def test_a_cache_from_another_decoder_is_decoded_again(tmp_path, user_cache, monkeypatch):
+    """The key holds decode()'s code: images decoded by an older decoder (16-bit ones were white) are not reused."""
+    root = write_image_folder(tmp_path / "pets", per_class=4, size=40)
+    common.folder_images(root, 32)
+    seen = []
+
+    def newer(path, size):   # another decode(), as a later commit may bring
+        seen.append(path)
+        return np.zeros((3, size, size), np.uint8)
+    monkeypatch.setattr(common, "decode", newer)
+    assert common.folder_images(root, 32)[0].sum() == 0 and len(seen) == 8
+    assert len(cache_files(user_cache)) == 1   # the older decoder's cache went
+
+
 def test_another_img_size_has_its_own_cache(tmp_path, user_cache, decodes):
     root = write_image_folder(tmp_path / "pets", per_class=4, size=40)
     small = common.folder_images(root, 16)[0]

@@ -105,6 +105,8 @@ def test_a_long_eta_counts_days(tmp_path, capsys):
     args = gan.parse_args([])[0]
     common.log(tmp_path, {"loss": 1.0}, 1, 0, args, 1 + int((3 * 86400 + 5 * 3600 + 12 * 60) * 100 / 64), 100.0)
     assert capsys.readouterr().out.rstrip().endswith("100 img/s  77:12 left")
+    common.log(tmp_path, {"loss": 1.0}, 1, 0, args, 1 + int(119.6 * 60 * 100 / 64), 100.0)   # not 1:60
+    assert capsys.readouterr().out.rstrip().endswith("100 img/s  2:00 left")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,9 +289,9 @@ def test_a_copied_checkpoint_never_replaces_its_folder_s_run(tmp_path, capsys):
     before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "losses.csv")}
     capsys.readouterr()
     assert run_inprocess(gan.main, ["--resume", out / "backup.pt", "--max-steps", "3"]) == 2
-    assert capsys.readouterr().err.strip().endswith("error: resume from a run's checkpoint.pt, not backup.pt (a copy: "
-                                                    "into a new folder, named checkpoint.pt; --generate N takes "
-                                                    "snapshots too)")
+    assert capsys.readouterr().err.strip().endswith(f"error: {out / 'backup.pt'} cannot be resumed, a run's "
+                                                    "checkpoint.pt can (a snapshot is for --generate N; a copied "
+                                                    "checkpoint goes into a new folder, as checkpoint.pt)")
     assert before == {name: (out / name).read_bytes() for name in ("checkpoint.pt", "losses.csv")}
     fresh = tmp_path / "copy"   # in a folder of its own, as checkpoint.pt, the copy goes on
     fresh.mkdir()

@@ -55,6 +55,10 @@ def test_a_run_moves_between_folders_and_its_data_root_may_change(tmp_path, monk
     assert run_inprocess(gan.main, ["--resume", "project/runs/gan", "--epochs", "2"]) == 0
     assert load("project/runs/gan/checkpoint.pt")["step"] == 4
     (tmp_path / "project" / "data").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert run_inprocess(gan.main, ["--resume", "project/runs/gan", "--epochs", "3"]) == 2
+    assert capsys.readouterr().err.endswith(f"error: the run's data was in {tmp_path / 'project' / 'data'}, which is "
+                                            "gone: if it moved, give --data-root DIR\n")
     assert run_inprocess(gan.main, ["--resume", "project/runs/gan", "--epochs", "3", "--data-root", "moved"]) == 0
     assert load("project/runs/gan/checkpoint.pt")["args"]["data_root"] == str(tmp_path / "moved")
 
@@ -65,14 +69,16 @@ def test_lr_alone_sets_both_rates_as_help_says(module, capsys):
     module = __import__(module)
     default = module.parse_args(["--dataset", "fake"])[0]
     assert default.lr_d != default.lr   # these scripts' defaults give D a rate of its own
-    for flags, expected in ((["--lr", "3e-4"], 3e-4), (["--lr", "3e-4", "--lr-d", "1e-4"], 1e-4)):
+    for lr, flags, expected in ((3e-4, ["--lr", "3e-4"], 3e-4), (3e-4, ["--lr", "3e-4", "--lr-d", "1e-4"], 1e-4),
+                                (default.lr, ["--lr", str(default.lr)], default.lr)):   # typed at its default too
         args = module.parse_args(["--dataset", "fake", *flags])[0]
         nets = module.build(args, (1, 32, 32), 10, torch.device("cpu"))
-        assert args.lr == 3e-4 and [opt.param_groups[0]["lr"] for opt in nets if hasattr(opt, "param_groups")] == [
-            3e-4, expected]
+        assert args.lr == lr and [opt.param_groups[0]["lr"] for opt in nets if hasattr(opt, "param_groups")] == [
+            lr, expected]
     with pytest.raises(SystemExit):
         module.parse_args(["--help"])
-    assert "of D's without --lr-d" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"and of D's without --lr-d (default: {default.lr})" in text and f"else {default.lr_d})" in text
 
 
 def test_every_image_mode_pil_opens_decodes_to_its_8_bit_image(tmp_path):
@@ -88,13 +94,22 @@ def test_every_image_mode_pil_opens_decodes_to_its_8_bit_image(tmp_path):
     palette = Image.new("P", (8, 8), 1)
     palette.putpalette([0, 0, 0, 255, 0, 0])
     palette.save(tmp_path / "palette.png", transparency=1)                                 # P, index 1 clear
+    Image.fromarray(np.full((8, 8), 200, np.int32)).save(tmp_path / "8bit-in-32.tif")       # I, 0 to 255
     Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)    # red
+    sideways = Image.new("L", (16, 8), 0)
+    sideways.paste(255, (0, 0, 8, 8))   # a phone's photo, stored on its side: left half white
+    exif = sideways.getexif()
+    exif[0x0112] = 6   # "rotate 90 degrees clockwise to view"
+    sideways.save(tmp_path / "phone.jpg", exif=exif, quality=100)
     expected = {"16bit.png": (128,) * 3, "32bit.tif": (128,) * 3, "float.tif": (64,) * 3, "clear.png": (255,) * 3,
-                "opaque.png": (100,) * 3, "palette.png": (255,) * 3, "cmyk.jpg": (255, 0, 0)}
+                "opaque.png": (100,) * 3, "palette.png": (255,) * 3, "cmyk.jpg": (255, 0, 0),
+                "8bit-in-32.tif": (200,) * 3}
     for name, rgb in expected.items():
         pixels = common.decode(tmp_path / name, size)
         assert pixels.shape == (3, size, size) and pixels.dtype == np.uint8
         assert np.abs(pixels.reshape(3, -1).astype(int) - np.array(rgb)[:, None]).max() <= 1, (name, pixels[:, 0, 0])
+    upright = common.decode(tmp_path / "phone.jpg", 8)[0]   # as a viewer shows it: 8 wide, 16 high, top half white
+    assert upright.shape == (8, 8) and upright[:2].min() > 200 and upright[-2:].max() < 50, upright
 
 
 def test_a_second_ctrl_c_while_the_checkpoint_is_written_exits_130_and_keeps_it_whole(tmp_path, monkeypatch, capsys):
@@ -154,6 +169,9 @@ def test_nothing_left_to_train_names_the_epochs_that_go_on(tmp_path, capsys):
                "--epochs 2 or more" in printed and "--max-steps" not in printed
     assert run_inprocess(gan.main, ["--resume", out, "--epochs", "2"]) == 0
     assert load(out / "checkpoint.pt")["step"] == 16
+    capsys.readouterr()   # a --max-steps it has passed: that is what ends it
+    assert run_inprocess(gan.main, ["--resume", out, "--epochs", "5", "--max-steps", "10"]) == 0
+    assert capsys.readouterr().out.strip().endswith("--max-steps 17 or more, or without --max-steps")
 
 
 def test_out_names_a_folder_inside_the_current_one_or_in_home(tmp_path, monkeypatch, capsys):
@@ -230,3 +248,17 @@ def test_a_run_folder_means_its_checkpoint_and_a_wrong_file_is_named(tmp_path, c
     assert run_inprocess(evaluate.main, [tmp_path / "samples.npy"]) == 2
     assert "samples.npy: a .npy file; give a run folder, a .pt checkpoint or an .npz of samples" in \
         capsys.readouterr().err
+
+
+def test_a_snapshot_is_never_resumed_whatever_its_name(tmp_path, capsys):
+    """A generator snapshot holds no D, no optimisers, no step: resumed as it is, or copied as checkpoint.pt."""
+    out, copy = tmp_path / "run", tmp_path / "copy"
+    assert run_inprocess(gan.main, [*FAKE, "--epochs", "1", "--out", out]) == 0
+    copy.mkdir()
+    (copy / "checkpoint.pt").write_bytes((out / "generator_epoch_001.pt").read_bytes())
+    for path in (out / "generator_epoch_001.pt", copy / "checkpoint.pt"):
+        capsys.readouterr()
+        assert run_inprocess(gan.main, ["--resume", path, "--epochs", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: {path} cannot be resumed, a run's checkpoint.pt can" in err
+    assert run_inprocess(gan.main, ["--generate", "3", "--resume", copy]) == 0   # what a snapshot is for

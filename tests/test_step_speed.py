@@ -112,11 +112,11 @@ def test_every_script_has_compile():
         assert module.parse_args([])[0].compile is False   # off by default
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile's CPU backend (inductor) needs a C++ compiler, and none is installed")
 def test_a_compiled_step_gives_the_eager_losses():
     """gan's train_step on compiled networks and on eager copies with the same weights and random numbers:
-    the same losses, step after step, within float tolerance (about a minute of compiling)."""
+    the same losses, step after step. Compiled as --compile traces them (dynamo, then AOT autograd), run by
+    eager kernels: inductor's C++ kernels take 40 s to build on a fresh machine (the wgan_gp test below builds
+    them), and their arithmetic is torch's to test, the capture of this step ours."""
     args = gan.parse_args(["--dataset", "fake", "--label-smoothing", "0.1"])[0]
     data = common.load_data(args, torch.device("cpu"))
     torch.manual_seed(0)
@@ -124,7 +124,7 @@ def test_a_compiled_step_gives_the_eager_losses():
     compiled = copy.deepcopy(eager)
     compiled[2].load_state_dict(eager[2].state_dict())
     compiled[3].load_state_dict(eager[3].state_dict())
-    compiled[0].compile(), compiled[1].compile()   # as main() does with --compile
+    compiled[0].compile(backend="aot_eager"), compiled[1].compile(backend="aot_eager")   # main(): inductor
     settings = step_settings(gan.train_step, args)
     for step, (images, _) in zip(range(3), data.batches(64, epoch=0, seed=0)):
         torch.manual_seed(step)
