@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 from PIL import Image, ImageOps
 from torchvision.transforms.functional import center_crop, resize as resize_image
-from torchvision.utils import save_image
 fcntl = None if os.name == "nt" else importlib.import_module("fcntl")   # for run folders' locks; Windows: none
 
 
@@ -270,11 +268,11 @@ def load_data(args, device, checkpoint=None, train=True):
 
 def resize(images, size):
     """uint8 (N, C, H, W) -> (N, C, size, size), antialiased, in chunks (in float, CIFAR-10 at 128 px takes 10 GB)."""
-    if images.shape[-2:] == (size, size):
+    if images.shape[-2:] == (size, size):   # a folder's images are decoded at their size: no copy
         return images
     out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8, device=images.device)
     for part, chunk in zip(out.split(1000), images.split(1000)):
-        part.copy_(F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True).round_())
+        part.copy_(resize_image(chunk, [size, size], antialias=True))
     return out
 
 
@@ -336,7 +334,7 @@ def decode(path, size):
 # --- Grids, samples and files ------------------------------------------------------------------
 def save_grid(images, folder, name, nrow=8):
     """A grid of images in [-1, 1]; an epoch's grid joins progress.gif as well."""
-    save_image(images.float().cpu(), folder / name, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    torchvision.utils.save_image(images.float().cpu(), folder / name, nrow=nrow, normalize=True, value_range=(-1, 1))
     if name.startswith("epoch_"):
         grids = [Image.open(p) for p in sorted(folder.glob("epoch_*.png"))]
         grids[0].save(folder / "progress.gif", save_all=True, append_images=grids[1:], duration=400, loop=0)
@@ -414,10 +412,9 @@ def load_checkpoint(path, script):
     path = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:   # missing or unreadable: the one line of every OSError
-        raise
-    except Exception as error:   # not a checkpoint (a .npz, say), or one cut short
-        raise UserError(f"{path} is not a whole checkpoint ({type(error).__name__}): give a .pt file or a run folder")
+    except Exception as error:   # not a checkpoint (a .npz, say) or cut short; missing: the OSError's own line
+        raise error if isinstance(error, OSError) else UserError(
+            f"{path} is not a whole checkpoint ({type(error).__name__}): give a .pt file or a run folder") from None
     if (owner := checkpoint.get("script") if isinstance(checkpoint, dict) else None) != script:
         raise UserError(f"checkpoint {path} was written by {owner or 'something else'}, not {script}.py")
     return checkpoint

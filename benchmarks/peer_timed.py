@@ -2,7 +2,7 @@
 until its process has used a given CPU time, then save samples of its generator for evaluate.py.
 
 The script runs as `__main__` in the current folder (run this from its folder: it reads
-../../data/mnist). After each of its Adam steps the process's CPU time (user + system, start-up
+../../data/mnist). After each of its Adam or RMSprop steps the process's CPU time (user + system, start-up
 included, as our runs' time to good samples counts it) is compared with the budget; past it, the
 training stops and 10,000 samples are drawn from its global `generator` (z from torch.randn; a
 conditional G, one with `opt.n_classes`, gets the classes 0, 1, ..., 9 in turn), once in eval mode and
@@ -33,10 +33,10 @@ def cpu_seconds():
 def run_until(script, budget):
     """Run `script` until `budget` CPU seconds; returns its globals and the number of generator steps."""
     seen = {"globals": None, "g_steps": 0}
-    adam_step = torch.optim.Adam.step
+    original_steps = {optim: optim.step for optim in (torch.optim.Adam, torch.optim.RMSprop)}   # wgan: RMSprop
 
     def step(self, *args, **kwargs):
-        result = adam_step(self, *args, **kwargs)
+        result = original_steps[type(self)](self, *args, **kwargs)
         frame = sys._getframe(1)
         while frame is not None and "optimizer_G" not in frame.f_globals:   # the script's own frame
             frame = frame.f_back
@@ -47,14 +47,16 @@ def run_until(script, budget):
             raise Budget
         return result
 
-    torch.optim.Adam.step = step
+    for optim in original_steps:
+        optim.step = step
     sys.argv = [script, "--n_epochs", "100000"]
     try:
         runpy.run_path(script, run_name="__main__")
     except Budget:
         pass
     finally:
-        torch.optim.Adam.step = adam_step
+        for optim, original_step in original_steps.items():
+            optim.step = original_step
     if seen["globals"] is None:
         raise SystemExit(f"{script} made no step with an optimizer_G before its end")
     return seen["globals"], seen["g_steps"]
