@@ -261,7 +261,7 @@ def load_data(args, device, checkpoint=None, train=True):
     if len(images) < args.batch_size:
         raise UserError(f"the dataset has {len(images)} images, fewer than --batch-size {args.batch_size}")
     data = Data(resize(images, size), labels, classes, device)
-    if checkpoint and checkpoint["data"] != str(data):   # a folder changed: the run's epochs would not add up
+    if checkpoint and checkpoint.get("data", str(data)) != str(data):   # a folder changed (older runs: no record)
         raise UserError(f"the data is {data}; the run trained on {checkpoint['data']}")
     return data
 

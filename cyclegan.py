@@ -362,7 +362,7 @@ def main(argv=None):
 
     # Data, networks (the translator's two generators make the grids and snapshots), pools, schedules
     data = load_unpaired(args, device)   # decoded once; batches are cut on the device
-    if checkpoint and checkpoint["data"] != str(data):   # a folder changed: the run's epochs would not add up
+    if checkpoint and checkpoint.get("data", str(data)) != str(data):   # a folder changed (older runs: no record)
         raise common.UserError(f"the data is {data}; the run trained on {checkpoint['data']}")
     translator, d_a, d_b, pool_a, pool_b, opt_g, opt_d = build(args, data.shape, data.n_classes, device)
     steps, step = min(len(data.a.images), len(data.b.images)) // args.batch_size, 0   # per epoch
